@@ -1,0 +1,94 @@
+// Bilinear sampling and its gradient for multi-scale deformable attention.
+//
+// This is the only place the arithmetic lives: the CPU kernel (compiled by the host C++
+// compiler) and the CUDA kernels (compiled by nvcc) both call these functions, so the CPU
+// tests against the grid_sample reference also check the math the GPU runs.
+//
+// Conventions (grid_sample with align_corners=False, padding_mode="zeros"): a location
+// (lx, ly) in [0, 1] of a level of size (H, W) maps to the continuous pixel coordinate
+// x = lx * W - 0.5, y = ly * H - 0.5 (pixel centres at integers); corners outside the map
+// read zero. NaN and infinite locations fail every comparison below and contribute zero.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define MSDA_HD __host__ __device__ __forceinline__
+#define MSDA_FLOOR(v) floor(v)
+#define MSDA_UNROLL _Pragma("unroll")
+#else
+#include <cmath>
+#define MSDA_HD inline
+#define MSDA_FLOOR(v) std::floor(v)
+#define MSDA_UNROLL _Pragma("GCC unroll 4")
+#endif
+
+namespace ddetr_ops {
+
+// The four bilinear corners of one sampling point, in the order
+// top-left, top-right, bottom-left, bottom-right.
+template <typename acc_t>
+struct Footprint {
+  int64_t token[4];  // row of `value` (index into Lv) of each corner; -1 = outside, reads 0
+  acc_t weight[4];   // bilinear weight of each corner (not yet times the attention weight)
+  acc_t fx, fy;      // fractional position inside the cell, kept for the gradient
+};
+
+// Fills `f` for the location (loc_x, loc_y) on a level of size (H, W) whose first token is
+// `start`. Returns false when the point lies wholly outside the map (or is NaN/inf), in
+// which case `f` is left untouched and the point contributes nothing.
+// `Lv` bounds every token index, so a spatial_shapes/level_start_index that disagrees with
+// the value tensor can at worst read zeros, never out-of-bounds memory (the CUDA path does
+// not synchronize to validate those index tensors).
+template <typename acc_t>
+MSDA_HD bool bilinear_footprint(acc_t loc_x, acc_t loc_y, int64_t H, int64_t W, int64_t start,
+                                int64_t Lv, Footprint<acc_t>& f) {
+  const acc_t x = loc_x * static_cast<acc_t>(W) - static_cast<acc_t>(0.5);
+  const acc_t y = loc_y * static_cast<acc_t>(H) - static_cast<acc_t>(0.5);
+  // Written positively so that NaN (all comparisons false) counts as outside.
+  if (!(x > acc_t(-1) && y > acc_t(-1) && x < static_cast<acc_t>(W) &&
+        y < static_cast<acc_t>(H))) {
+    return false;
+  }
+  const acc_t x0f = MSDA_FLOOR(x);
+  const acc_t y0f = MSDA_FLOOR(y);
+  const int64_t x0 = static_cast<int64_t>(x0f);
+  const int64_t y0 = static_cast<int64_t>(y0f);
+  f.fx = x - x0f;
+  f.fy = y - y0f;
+  const acc_t gx = acc_t(1) - f.fx;
+  const acc_t gy = acc_t(1) - f.fy;
+  f.weight[0] = gy * gx;
+  f.weight[1] = gy * f.fx;
+  f.weight[2] = f.fy * gx;
+  f.weight[3] = f.fy * f.fx;
+MSDA_UNROLL
+  for (int c = 0; c < 4; ++c) {
+    const int64_t cx = x0 + (c & 1);
+    const int64_t cy = y0 + (c >> 1);
+    const int64_t t = start + cy * W + cx;
+    const bool inside = cx >= 0 && cx < W && cy >= 0 && cy < H && t >= 0 && t < Lv;
+    f.token[c] = inside ? t : -1;
+  }
+  return true;
+}
+
+// Gradient of one sampling point's contribution  a * sum_c weight[c] * value[token[c]]
+// given g[c] = <value[token[c]], grad_out> (0 for corners outside the map):
+//   d/da     = sum_c weight[c] * g[c]
+//   d/dloc_x = a * W * d(sample)/dx,   d/dloc_y = a * H * d(sample)/dy
+// where x = loc_x * W - 0.5 explains the factors W and H.
+template <typename acc_t>
+MSDA_HD void bilinear_point_grads(const Footprint<acc_t>& f, const acc_t g[4], acc_t a,
+                                  int64_t H, int64_t W, acc_t& grad_attn, acc_t& grad_x,
+                                  acc_t& grad_y) {
+  const acc_t gx = acc_t(1) - f.fx;
+  const acc_t gy = acc_t(1) - f.fy;
+  grad_attn = f.weight[0] * g[0] + f.weight[1] * g[1] + f.weight[2] * g[2] + f.weight[3] * g[3];
+  const acc_t dx = gy * (g[1] - g[0]) + f.fy * (g[3] - g[2]);
+  const acc_t dy = gx * (g[2] - g[0]) + f.fx * (g[3] - g[1]);
+  grad_x = a * static_cast<acc_t>(W) * dx;
+  grad_y = a * static_cast<acc_t>(H) * dy;
+}
+
+}  // namespace ddetr_ops
