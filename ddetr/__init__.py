@@ -5,21 +5,35 @@ Front door::
     import ddetr
     model = ddetr.build_model(ddetr.preset("multi_scale"))     # or:
     model, report = ddetr.load("path/to/checkpoint")            # official .pth, HF dir, ours
-    dets = model.predict(image, score_threshold=0.5)
+    with ddetr.capture(model) as session:
+        dets = model.predict(image, score_threshold=0.5)
+
+Names are imported lazily, so ``python -m ddetr.data.synthetic`` does not build the op.
 """
-from .config import DDETRConfig, PRESET_NAMES, preset
-from .model import DeformableDETR, LayerOutput, ModelOutput, build_model
-from .postprocess import Detections
+from __future__ import annotations
 
-__all__ = ["DDETRConfig", "PRESET_NAMES", "preset", "DeformableDETR", "LayerOutput", "ModelOutput",
-           "build_model", "Detections", "load"]
+import importlib
+
+_LAZY = {
+    "DDETRConfig": "config", "PRESET_NAMES": "config", "preset": "config",
+    "DeformableDETR": "model", "LayerOutput": "model", "ModelOutput": "model", "build_model": "model",
+    "Detections": "postprocess",
+}
+
+__all__ = [*_LAZY, "load", "capture"]
 
 
-def load(path, **kwargs):
-    """Load any supported checkpoint; see ``ddetr.checkpoint.load``."""
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'ddetr' has no attribute {name!r}")
+
+
+def load(source, **kwargs):
+    """Load any supported checkpoint -> (model, report); see ``ddetr.checkpoint.load``."""
     from .checkpoint import load as _load
 
-    return _load(path, **kwargs)
+    return _load(source, **kwargs)
 
 
 def capture(model, **kwargs):

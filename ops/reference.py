@@ -26,7 +26,8 @@ def ms_deform_attn_reference(
         level_start_index: (L,) int64, offset of each level inside Lv (unused here beyond
             the split, kept so the signature matches the kernels).
         sampling_locations: (B, Lq, M, L, P, 2), x first, in [0, 1] of each level's map,
-            pixel centres at (i + 0.5) / W; outside the map samples read zeros.
+            pixel centres at (i + 0.5) / W; outside the map samples read zeros, and so do
+            NaN or infinite locations.
         attention_weights: (B, Lq, M, L, P).
 
     Returns:
@@ -36,6 +37,10 @@ def ms_deform_attn_reference(
     _, Lq, _, L, P, _ = sampling_locations.shape
     sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
     value_list = value.split(sizes, dim=1)
+    # grid_sample answers NaN for a NaN/inf grid point; the op defines such a point as lying
+    # outside the map, so move it far outside (its gradient is then zero too).
+    finite = torch.isfinite(sampling_locations).all(-1, keepdim=True)
+    sampling_locations = torch.where(finite, sampling_locations, -2.0)
     grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
     samples = []
     for lvl, (h, w) in enumerate(spatial_shapes.tolist()):

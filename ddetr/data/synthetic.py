@@ -47,10 +47,14 @@ class SceneParams:
     min_size: int = 256  # width and height drawn independently from [min_size, max_size]
     max_size: int = 384
     max_objects: int = 10  # 1..max_objects are attempted; some may not fit
-    # Object size = diameter of its circumscribed circle, log-uniform so that every octave
-    # (hence every pyramid level, strides 8..64) gets the same share of objects.
+    # Object size = diameter of its circumscribed circle, from min_object (~ stride 8, the
+    # finest level) to max_object_frac of the shorter side (boxes beyond half the image: the
+    # stride-64 level). log(size) = lo + (hi - lo) * u ** size_skew, u ~ U(0, 1): 1 would be
+    # log-uniform, every octave equally common, which makes half the objects COCO-"small";
+    # 0.7 gives about 38% small, 42% medium, 20% large and keeps the full range.
     min_object: float = 10.0
-    max_object_frac: float = 0.75  # of the shorter image side: boxes beyond half the image
+    max_object_frac: float = 0.75
+    size_skew: float = 0.7
     max_hidden: float = 0.3  # objects drawn later may cover at most this fraction of one
     clutter: bool = True  # False: flat background, no distractors, no noise (for tests)
 
@@ -118,6 +122,7 @@ class _Placed:
     mask: np.ndarray  # (h*SS, w*SS) bool
     visible: np.ndarray  # same shape, mask minus what later objects cover
     ink: int  # mask.sum()
+    n_visible: int  # visible.sum()
 
 
 def _rasterize(polys, ox: int, oy: int, w: int, h: int) -> np.ndarray:
@@ -154,21 +159,57 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
 
 
 def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
-    """A colour that stands out from (N, 3) pixels it will cover (10th-percentile distance)."""
-    cands = [_random_colour(rng) for _ in range(8)]
-    cands.append(np.float32(255) - under.mean(0))  # the complement: a safe fallback
-    scores = [np.percentile(np.linalg.norm(under - c, axis=1), 10) for c in cands]
-    return cands[int(np.argmax(scores))]
+    """A colour that stands out from nearly all (N, 3) pixels it will cover.
+
+    Scored by the 2nd-percentile distance, so a small overlap with an earlier object of a
+    similar colour also counts: otherwise the boundary between the two would be invisible.
+    """
+    cands = np.stack([_random_colour(rng) for _ in range(12)] + [np.float32(255) - under.mean(0)])
+    dist = np.linalg.norm(under[None] - cands[:, None], axis=2)  # (13, N)
+    return cands[int(np.argmax(np.percentile(dist, 2, axis=1)))]
 
 
 # ----------------------------------------------------------------------------- background
 
 
-def _stroke_alpha(W: int, H: int, draw_fn) -> np.ndarray:
-    """Coverage (H, W) float32 of strokes drawn by ``draw_fn(ImageDraw, scale=2)``, anti-aliased."""
-    im = Image.new("L", (2 * W, 2 * H), 0)
-    draw_fn(ImageDraw.Draw(im))
-    return np.asarray(im.reduce(2), np.float32) / 255
+def _distractor(rng: np.random.Generator, bg: np.ndarray) -> None:
+    """Blend one non-object into ``bg`` (H, W, 3) in place: a soft blob or a thin stroke."""
+    H, W, _ = bg.shape
+    colour, kind = rng.uniform(0, 255, 3).astype(np.float32), int(rng.integers(0, 4))
+    if kind == 3:  # soft elongated blob: round-ish but without a sharp edge
+        sx, sy, a = rng.uniform(4, 40), rng.uniform(4, 40), rng.uniform(0, np.pi)
+        cx, cy, opacity = rng.uniform(0, W), rng.uniform(0, H), rng.uniform(0.3, 0.7)
+        r = 3 * max(sx, sy)
+        x0, y0 = max(int(cx - r), 0), max(int(cy - r), 0)
+        x1, y1 = min(int(cx + r) + 1, W), min(int(cy + r) + 1, H)
+        dx = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
+        dy = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
+        u, v = dx * math.cos(a) + dy * math.sin(a), -dx * math.sin(a) + dy * math.cos(a)
+        alpha = opacity * np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2))
+    else:  # thin strokes: straight lines, polylines, open arcs (never a full ring)
+        width = int(rng.integers(2, 5))  # drawn at 2x: 1..2 px
+        opacity = rng.uniform(0.5, 1.0)
+        if kind == 2:
+            rad, c = rng.uniform(20, 100), rng.uniform(0, 1, 2) * [W, H]
+            start, span = rng.uniform(0, 360), rng.uniform(60, 240)
+            lo, hi = c - rad, c + rad
+        else:
+            pts = rng.uniform(0, 1, (int(rng.integers(3, 6)) if kind == 1 else 2, 2)) * [W, H]
+            lo, hi = pts.min(0), pts.max(0)
+        x0, y0 = max(int(lo[0]) - 2, 0), max(int(lo[1]) - 2, 0)
+        x1, y1 = min(int(hi[0]) + 3, W), min(int(hi[1]) + 3, H)
+        if x1 <= x0 or y1 <= y0:
+            return
+        im = Image.new("L", (2 * (x1 - x0), 2 * (y1 - y0)), 0)
+        draw = ImageDraw.Draw(im)
+        if kind == 2:
+            draw.arc((2 * (lo - [x0, y0])).tolist() + (2 * (hi - [x0, y0])).tolist(),
+                     start, start + span, fill=255, width=width)
+        else:
+            draw.line((2 * (pts - [x0, y0])).ravel().tolist(), fill=255, width=width, joint="curve")
+        alpha = opacity / 255 * np.asarray(im.reduce(2), np.float32)
+    region = bg[y0:y1, x0:x1]  # view
+    region += alpha[..., None] * (colour - region)
 
 
 def _background(rng: np.random.Generator, W: int, H: int, clutter: bool) -> np.ndarray:
@@ -201,29 +242,7 @@ def _background(rng: np.random.Generator, W: int, H: int, clutter: bool) -> np.n
                         for c in range(3)], -1)
 
     for _ in range(int(rng.integers(0, 9))):
-        colour, kind = rng.uniform(0, 255, 3).astype(np.float32), int(rng.integers(0, 4))
-        if kind == 3:  # soft elongated blob: round-ish but without a sharp edge
-            sx, sy, a = rng.uniform(4, 40), rng.uniform(4, 40), rng.uniform(0, np.pi)
-            cx, cy = rng.uniform(0, W), rng.uniform(0, H)
-            dx, dy = xs - cx, ys - cy
-            u_, v_ = dx * math.cos(a) + dy * math.sin(a), -dx * math.sin(a) + dy * math.cos(a)
-            alpha = rng.uniform(0.3, 0.7) * np.exp(-0.5 * ((u_ / sx) ** 2 + (v_ / sy) ** 2))
-        else:  # thin strokes: straight lines, polylines, open arcs (never a full ring)
-            width = int(rng.integers(2, 5))  # at 2x scale: 1..2 px
-            pts = (rng.uniform(0, 1, (int(rng.integers(2, 6)) if kind == 1 else 2, 2)) * [2 * W, 2 * H])
-            arc_r, arc_c = rng.uniform(40, 200), rng.uniform(0, 1, 2) * [2 * W, 2 * H]
-            start = rng.uniform(0, 360)
-            span = rng.uniform(60, 240)
-
-            def draw_fn(d, kind=kind, pts=pts, width=width):
-                if kind == 2:
-                    box = [arc_c[0] - arc_r, arc_c[1] - arc_r, arc_c[0] + arc_r, arc_c[1] + arc_r]
-                    d.arc(box, start, start + span, fill=255, width=width)
-                else:
-                    d.line(pts.ravel().tolist(), fill=255, width=width, joint="curve")
-
-            alpha = rng.uniform(0.5, 1.0) * _stroke_alpha(W, H, draw_fn)
-        bg += alpha[..., None] * (colour - bg)
+        _distractor(rng, bg)
     return bg
 
 
@@ -231,7 +250,7 @@ def _background(rng: np.random.Generator, W: int, H: int, clutter: bool) -> np.n
 
 
 def _place(rng, canvas: np.ndarray, placed: list[_Placed], cid: int, diameter: float,
-           max_hidden: float, clutter: bool) -> bool:
+           max_hidden: float) -> bool:
     """Try to draw one object of class ``cid`` on ``canvas``; False if it never fits."""
     H, W, _ = canvas.shape
     polys0 = _shape(SYNTHETIC_CLASSES[cid - 1], rng, diameter)
@@ -239,8 +258,8 @@ def _place(rng, canvas: np.ndarray, placed: list[_Placed], cid: int, diameter: f
         a = rng.uniform(0, 2 * np.pi)
         rot = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]]) * diameter / 2
         polys = [(p @ rot, f) for p, f in polys0]
-        ink = np.concatenate([p for p, f in polys if f])
-        lo, hi = ink.min(0), ink.max(0)
+        outline = np.concatenate([p for p, f in polys if f])  # (V, 2) the inked polygons
+        lo, hi = outline.min(0), outline.max(0)
         if hi[0] - lo[0] > W - 2 or hi[1] - lo[1] > H - 2:
             return False
         cx, cy = rng.uniform(1 - lo[0], W - 1 - hi[0]), rng.uniform(1 - lo[1], H - 1 - hi[1])
@@ -249,7 +268,8 @@ def _place(rng, canvas: np.ndarray, placed: list[_Placed], cid: int, diameter: f
         w = min(int(math.ceil(cx + hi[0])) + 1, W) - ox
         h = min(int(math.ceil(cy + hi[1])) + 1, H) - oy
         mask = _rasterize([(p + [cx, cy], f) for p, f in polys], ox, oy, w, h)
-        obj = _Placed(cid, ox, oy, mask, mask.copy(), int(mask.sum()))
+        n_ink = int(np.count_nonzero(mask))
+        obj = _Placed(cid, ox, oy, mask, mask.copy(), n_ink, n_ink)
         if obj.ink == 0:
             continue
         covers = []
@@ -260,12 +280,13 @@ def _place(rng, canvas: np.ndarray, placed: list[_Placed], cid: int, diameter: f
             lost = int(np.count_nonzero(other.visible[sl[0]] & mask[sl[1]]))
             if lost:
                 covers.append((other, sl, lost))
-        if all(o.visible.sum() - lost >= (1 - max_hidden) * o.ink for o, _, lost in covers):
+        if all(o.n_visible - lost >= (1 - max_hidden) * o.ink for o, _, lost in covers):
             break
     else:
         return False
-    for other, (so, sn), _ in covers:
+    for other, (so, sn), lost in covers:
         other.visible[so] &= ~mask[sn]
+        other.n_visible -= lost
 
     alpha = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).reduce(_SS), np.float32) / 255
     region = canvas[oy:oy + h, ox:ox + w]  # view
@@ -292,14 +313,14 @@ def _render(seed: int, params: SceneParams) -> tuple[np.ndarray, list[SceneObjec
 
     n = int(rng.integers(1, params.max_objects + 1))
     lo, hi = math.log(params.min_object), math.log(params.max_object_frac * min(W, H))
-    diam = np.exp(rng.uniform(lo, hi, n))
+    diam = np.exp(lo + (hi - lo) * rng.uniform(0, 1, n) ** params.size_skew)
     cids = rng.integers(1, len(SYNTHETIC_CLASSES) + 1, n)
     # Roughly large-to-small, so small objects are not buried; the jitter lets similar sizes
     # occlude each other either way.
     order = np.argsort(-(np.log(diam) + rng.normal(0, 0.3, n)), kind="stable")
     placed: list[_Placed] = []
     for i in order:
-        _place(rng, canvas, placed, int(cids[i]), float(diam[i]), params.max_hidden, params.clutter)
+        _place(rng, canvas, placed, int(cids[i]), float(diam[i]), params.max_hidden)
 
     if params.clutter:
         canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(rng.uniform(0, 6))
@@ -310,9 +331,8 @@ def _render(seed: int, params: SceneParams) -> tuple[np.ndarray, list[SceneObjec
         rows, cols = np.any(p.visible, 1), np.any(p.visible, 0)
         r0, r1 = np.argmax(rows), len(rows) - np.argmax(rows[::-1])
         c0, c1 = np.argmax(cols), len(cols) - np.argmax(cols[::-1])
-        box = (p.ox + c0 / _SS, p.oy + r0 / _SS, p.ox + c1 / _SS, p.oy + r1 / _SS)
-        vis = int(p.visible.sum())
-        objects.append(SceneObject(p.category_id, box, vis / _SS**2, vis / p.ink))
+        box = (p.ox + int(c0) / _SS, p.oy + int(r0) / _SS, p.ox + int(c1) / _SS, p.oy + int(r1) / _SS)
+        objects.append(SceneObject(p.category_id, box, p.n_visible / _SS**2, p.n_visible / p.ink))
     return image, objects
 
 
@@ -325,3 +345,158 @@ def render_scene(seed: int, params: SceneParams = SceneParams()
     """
     image, objects = _render(seed, params)
     return Image.fromarray(image), [(o.category_id, o.box) for o in objects]
+
+
+# ----------------------------------------------------------------------------- dataset files
+
+
+def _save(image: np.ndarray, path: Path) -> None:
+    if path.suffix == ".png":
+        Image.fromarray(image).save(path, compress_level=1)
+    else:  # 4:4:4, because 4:2:0 chroma subsampling smears the colour of 10 px objects
+        Image.fromarray(image).save(path, quality=95, subsampling=0)
+
+
+def _write_one(job: tuple) -> tuple[dict, list[dict]]:
+    """Render, save and describe image ``index`` of ``split`` (runs in a worker)."""
+    out, split, index, seed, params, ext = job
+    s = scene_seed(seed, split, index)
+    image, objects = _render(s, params)
+    image_id = index + 1
+    name = f"{image_id:012d}.{ext}"
+    _save(image, Path(out) / f"{split}2017" / name)
+    record = {"id": image_id, "file_name": name, "height": image.shape[0],
+              "width": image.shape[1], "scene_seed": s}
+    anns = [{"image_id": image_id, "category_id": o.category_id,
+             "bbox": [o.box[0], o.box[1], o.box[2] - o.box[0], o.box[3] - o.box[1]],
+             "area": o.area, "iscrowd": 0} for o in objects]
+    return record, anns
+
+
+def _coco_json(images: list[dict], anns: list[dict], description: str) -> dict:
+    for i, a in enumerate(anns):
+        a["id"] = i + 1
+    return {
+        "info": {"description": description, "version": "1"},
+        "licenses": [],
+        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"}
+                       for i, n in enumerate(SYNTHETIC_CLASSES)],
+        "images": images,
+        "annotations": anns,
+    }
+
+
+def write_dataset(out: str | os.PathLike, splits: dict[str, int], seed: int = 0, workers: int = 1,
+                  params: SceneParams = SceneParams(), ext: str = "jpg", progress: bool = True) -> Path:
+    """Write ``out/{split}2017/*.{ext}`` and ``out/annotations/instances_{split}2017.json``.
+
+    ``splits`` maps a split name ("train", "val") to its image count. The bytes written depend
+    only on (seed, params, ext), never on ``workers``.
+    """
+    from tqdm import tqdm
+
+    if ext not in ("jpg", "png"):
+        raise ValueError(f"image format must be 'jpg' or 'png', got {ext!r}")
+    out = Path(out)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        bar = tqdm(total=sum(splits.values()), desc="synthetic", unit="img", disable=not progress)
+        for split, count in splits.items():
+            (out / f"{split}2017").mkdir(exist_ok=True)
+            jobs = [(str(out), split, i, seed, params, ext) for i in range(count)]
+            results = pool.imap(_write_one, jobs, chunksize=8) if pool else map(_write_one, jobs)
+            images, anns = [], []
+            for record, image_anns in results:  # imap keeps index order
+                images.append(record)
+                anns.extend(image_anns)
+                bar.update()
+            desc = f"synthetic shapes, split {split}, seed {seed}, {asdict(params)}"
+            with open(out / "annotations" / f"instances_{split}2017.json", "w") as f:
+                json.dump(_coco_json(images, anns, desc), f)
+        bar.close()
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    return out
+
+
+def _is_showcase(objects: list[SceneObject], image: np.ndarray) -> bool:
+    """Scenes worth showing in the explorer: several objects, tiny and large together."""
+    sides = [max(o.box[2] - o.box[0], o.box[3] - o.box[1]) for o in objects]
+    return len(objects) >= 4 and min(sides) <= 24 and max(sides) >= 0.4 * min(image.shape[:2])
+
+
+def write_examples(out: str | os.PathLike, count: int, seed: int,
+                   params: SceneParams = SceneParams()) -> list[Path]:
+    """Write ``count`` showcase scenes as PNGs plus their boxes as COCO json (annotations.json)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths, images, anns = [], [], []
+    index = 0
+    while len(paths) < count:  # deterministic search over the seed's scenes
+        s = scene_seed(seed, "examples", index)
+        index += 1
+        image, objects = _render(s, params)
+        if not _is_showcase(objects, image):
+            continue
+        name = f"synthetic_{len(paths):02d}.png"
+        _save(image, out / name)
+        paths.append(out / name)
+        images.append({"id": len(paths), "file_name": name, "height": image.shape[0],
+                       "width": image.shape[1], "scene_seed": s})
+        anns += [{"image_id": len(paths), "category_id": o.category_id,
+                  "bbox": [o.box[0], o.box[1], o.box[2] - o.box[0], o.box[3] - o.box[1]],
+                  "area": o.area, "iscrowd": 0} for o in objects]
+    with open(out / "annotations.json", "w") as f:
+        json.dump(_coco_json(images, anns, f"synthetic shapes examples, seed {seed}"), f)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", help="dataset root to write (COCO layout)")
+    ap.add_argument("--train", type=int, default=0, help="number of training images")
+    ap.add_argument("--val", type=int, default=0, help="number of validation images")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    ap.add_argument("--min-size", type=int, default=SceneParams.min_size)
+    ap.add_argument("--max-size", type=int, default=SceneParams.max_size)
+    ap.add_argument("--min-object", type=float, default=SceneParams.min_object,
+                    help="smallest object diameter in pixels")
+    ap.add_argument("--max-object-frac", type=float, default=SceneParams.max_object_frac,
+                    help="largest object diameter as a fraction of the shorter image side")
+    ap.add_argument("--size-skew", type=float, default=SceneParams.size_skew,
+                    help="1: log-uniform sizes; smaller values favour larger objects")
+    ap.add_argument("--format", choices=("jpg", "png"), default="jpg",
+                    help="jpg is quality 95 without chroma subsampling")
+    ap.add_argument("--examples", metavar="DIR", help="write showcase PNGs here instead")
+    ap.add_argument("--count", type=int, default=6, help="number of --examples")
+    args = ap.parse_args(argv)
+    if args.min_size > args.max_size or args.min_size < 64:
+        ap.error(f"need 64 <= --min-size <= --max-size, got {args.min_size}, {args.max_size}")
+    if args.seed < 0:
+        ap.error("--seed must be >= 0")
+    if not 0 < args.min_object < args.max_object_frac * args.min_size or args.size_skew <= 0:
+        ap.error("need 0 < --min-object < --max-object-frac * --min-size and --size-skew > 0")
+    params = SceneParams(min_size=args.min_size, max_size=args.max_size, min_object=args.min_object,
+                         max_object_frac=args.max_object_frac, size_skew=args.size_skew)
+    if args.examples:
+        for p in write_examples(args.examples, args.count, args.seed, params):
+            print(p)
+    elif args.out:
+        if args.train + args.val <= 0:
+            ap.error("nothing to write: give --train N and/or --val N")
+        splits = {k: v for k, v in (("train", args.train), ("val", args.val)) if v > 0}
+        write_dataset(args.out, splits, args.seed, max(1, args.workers), params, args.format)
+    else:
+        ap.error("give --out DIR (a dataset) or --examples DIR (showcase images)")
+
+
+if __name__ == "__main__":
+    # Import by module name so worker jobs pickle as ddetr.data.synthetic._write_one.
+    from ddetr.data.synthetic import main as _main
+
+    _main()

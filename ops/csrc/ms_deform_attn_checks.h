@@ -31,6 +31,8 @@ inline MsdaDims check_inputs(const at::Tensor& value, const at::Tensor& spatial_
                    sampling_locations.size(1),
                    spatial_shapes.size(0),
                    sampling_locations.size(4)};
+  TORCH_CHECK(d.Lv < (int64_t{1} << 31), "ms_deform_attn: Lv = ", d.Lv,
+              " tokens is more than the kernels index (2^31 - 1)");
   TORCH_CHECK(d.L >= 1, "ms_deform_attn: spatial_shapes must describe at least one level");
   TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.size(0) == d.L,
               "ms_deform_attn: level_start_index must be (L,) = (", d.L, ",), got shape ",

@@ -15,12 +15,10 @@
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MSDA_HD __host__ __device__ __forceinline__
 #define MSDA_FLOOR(v) floor(v)
-#define MSDA_UNROLL _Pragma("unroll")
 #else
 #include <cmath>
 #define MSDA_HD inline
 #define MSDA_FLOOR(v) std::floor(v)
-#define MSDA_UNROLL _Pragma("GCC unroll 4")
 #endif
 
 namespace ddetr_ops {
@@ -29,48 +27,58 @@ namespace ddetr_ops {
 // top-left, top-right, bottom-left, bottom-right.
 template <typename acc_t>
 struct Footprint {
-  int64_t token[4];  // row of `value` (index into Lv) of each corner; -1 = outside, reads 0
+  int32_t token[4];  // row of `value` (index into Lv) of each corner; -1 = outside, reads 0
   acc_t weight[4];   // bilinear weight of each corner (not yet times the attention weight)
   acc_t fx, fy;      // fractional position inside the cell, kept for the gradient
 };
 
+// Whether a level's tokens [start, start + H * W) lie inside value's Lv rows. Kernels treat
+// a level that does not fit as empty (H = W = 0), so inconsistent spatial_shapes or
+// level_start_index can at worst read zeros, never out-of-bounds memory: the CUDA path does
+// not synchronize to validate those index tensors.
+MSDA_HD bool level_fits(int64_t H, int64_t W, int64_t start, int64_t Lv) {
+  // Bound H and W first so that H * W cannot overflow (Lv < 2^31).
+  return H >= 0 && W >= 0 && H <= Lv && W <= Lv && start >= 0 && H * W <= Lv &&
+         start <= Lv - H * W;
+}
+
 // Fills `f` for the location (loc_x, loc_y) on a level of size (H, W) whose first token is
-// `start`. Returns false when the point lies wholly outside the map (or is NaN/inf), in
-// which case `f` is left untouched and the point contributes nothing.
-// `Lv` bounds every token index, so a spatial_shapes/level_start_index that disagrees with
-// the value tensor can at worst read zeros, never out-of-bounds memory (the CUDA path does
-// not synchronize to validate those index tensors).
+// `start` (a level that passed level_fits), and returns whether the point touches the map.
+// A point wholly outside (or NaN/inf) gets four tokens of -1, so it contributes nothing.
+// Branch-free, so that GPU threads of a warp do not diverge and the CPU loop stays short.
 template <typename acc_t>
-MSDA_HD bool bilinear_footprint(acc_t loc_x, acc_t loc_y, int64_t H, int64_t W, int64_t start,
-                                int64_t Lv, Footprint<acc_t>& f) {
+MSDA_HD bool bilinear_footprint(acc_t loc_x, acc_t loc_y, int32_t H, int32_t W, int32_t start,
+                                Footprint<acc_t>& f) {
   const acc_t x = loc_x * static_cast<acc_t>(W) - static_cast<acc_t>(0.5);
   const acc_t y = loc_y * static_cast<acc_t>(H) - static_cast<acc_t>(0.5);
-  // Written positively so that NaN (all comparisons false) counts as outside.
-  if (!(x > acc_t(-1) && y > acc_t(-1) && x < static_cast<acc_t>(W) &&
-        y < static_cast<acc_t>(H))) {
-    return false;
-  }
-  const acc_t x0f = MSDA_FLOOR(x);
-  const acc_t y0f = MSDA_FLOOR(y);
-  const int64_t x0 = static_cast<int64_t>(x0f);
-  const int64_t y0 = static_cast<int64_t>(y0f);
-  f.fx = x - x0f;
-  f.fy = y - y0f;
+  // Written positively so that NaN (all comparisons false) counts as outside; `&` rather
+  // than `&&` avoids short-circuit branches.
+  const bool inside = (x > acc_t(-1)) & (y > acc_t(-1)) & (x < static_cast<acc_t>(W)) &
+                      (y < static_cast<acc_t>(H));
+  // Outside points move to (-2, -2), which keeps the float-to-int conversion in range.
+  const acc_t xc = inside ? x : acc_t(-2);
+  const acc_t yc = inside ? y : acc_t(-2);
+  const acc_t x0f = MSDA_FLOOR(xc);
+  const acc_t y0f = MSDA_FLOOR(yc);
+  const int32_t x0 = static_cast<int32_t>(x0f);
+  const int32_t y0 = static_cast<int32_t>(y0f);
+  f.fx = xc - x0f;
+  f.fy = yc - y0f;
   const acc_t gx = acc_t(1) - f.fx;
   const acc_t gy = acc_t(1) - f.fy;
   f.weight[0] = gy * gx;
   f.weight[1] = gy * f.fx;
   f.weight[2] = f.fy * gx;
   f.weight[3] = f.fy * f.fx;
-MSDA_UNROLL
-  for (int c = 0; c < 4; ++c) {
-    const int64_t cx = x0 + (c & 1);
-    const int64_t cy = y0 + (c >> 1);
-    const int64_t t = start + cy * W + cx;
-    const bool inside = cx >= 0 && cx < W && cy >= 0 && cy < H && t >= 0 && t < Lv;
-    f.token[c] = inside ? t : -1;
-  }
-  return true;
+  // For an inside point x0 is in [-1, W - 1], so only these two bounds can fail per axis.
+  const bool left = inside & (x0 >= 0), right = inside & (x0 + 1 < W);
+  const bool top = y0 >= 0, bottom = y0 + 1 < H;
+  const int32_t t = start + y0 * W + x0;
+  f.token[0] = (left & top) ? t : -1;
+  f.token[1] = (right & top) ? t + 1 : -1;
+  f.token[2] = (left & bottom) ? t + W : -1;
+  f.token[3] = (right & bottom) ? t + W + 1 : -1;
+  return inside;
 }
 
 // Gradient of one sampling point's contribution  a * sum_c weight[c] * value[token[c]]
@@ -80,7 +88,7 @@ MSDA_UNROLL
 // where x = loc_x * W - 0.5 explains the factors W and H.
 template <typename acc_t>
 MSDA_HD void bilinear_point_grads(const Footprint<acc_t>& f, const acc_t g[4], acc_t a,
-                                  int64_t H, int64_t W, acc_t& grad_attn, acc_t& grad_x,
+                                  int32_t H, int32_t W, acc_t& grad_attn, acc_t& grad_x,
                                   acc_t& grad_y) {
   const acc_t gx = acc_t(1) - f.fx;
   const acc_t gy = acc_t(1) - f.fy;

@@ -1,0 +1,588 @@
+"""Capture: record every sampling point of every deformable attention while a context is open.
+
+    with ddetr.capture(model) as cap:
+        dets = model.predict([img1, img2])
+    c = cap.captures[0]                      # one Capture per image, in predict order
+    pts = c.decoder_points(layer=5, query=int(dets[0].query_index[0]))
+    pts["image_px"], pts["weights"]          # (M, L, P, 2) original-image pixels, (M, L, P)
+    c.save("cat.capture.npz"); c = Capture.load("cat.capture.npz")
+
+Hooks sit on each ``SamplingCore`` (the op's exact inputs), on the decoder self-attention
+(whose weights are recomputed from its inputs, so the model's own computation is untouched),
+on the encoder (padding mask) and on the model (image metadata and outputs). They exist only
+while the context is open, and record only calls made by the thread that opened it, so two
+captures in two threads never mix (design principle 8).
+
+Storage. Per layer the capture keeps what the op consumed in factored form: the raw
+``sampling_offsets`` output and the reference points, from which ``Capture.sampling`` rebuilds
+the locations with the model's own formula (``attention.sampling_locations_from``), plus the
+attention weights. In float32 the rebuilt locations equal the op's input bit for bit (tested);
+in float16 (the default) offsets keep ~0.01 level-pixel precision, much better than float16
+absolute locations would (~0.1 px). For the R50 models at 800x1333 one encoder layer is
+~17.8 MB in float16 (~35 MB in float32); the default ``max_bytes=100e6`` keeps the decoder,
+the self-attention and as many encoder layers as fit, deepest first, and lists the rest in
+``Capture.left_out``; ``max_bytes=None, dtype=torch.float32`` keeps everything.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .capture_io import load_capture, save_capture
+from .frames import Geometry
+from .postprocess import Detections, postprocess
+from .two_stage import encoder_proposals
+
+_DTYPES = {torch.float16: "float16", torch.float32: "float32"}
+
+
+def capture(model, *, encoder: bool | Sequence[int] = True, decoder: bool | Sequence[int] = True,
+            queries: None | str | Sequence[int] = None, self_attention: bool = True,
+            dtype: torch.dtype = torch.float16, max_bytes: float | None = 100e6) -> "CaptureSession":
+    """Open a capture on ``model`` (a ``DeformableDETR``); use as a context manager.
+
+    encoder / decoder: True (all layers), False, or a list of layer indices.
+    queries: None (all), "detections" (the queries behind the top-k detections) or indices;
+        selects the decoder sampling and self-attention rows (every query's boxes and scores
+        per layer are always kept: they are small).
+    dtype: storage of offsets, weights and self-attention (float16 or float32); references,
+        boxes and logits stay float32.
+    max_bytes: per-image budget; what does not fit is left out and listed (None: no limit).
+    """
+    return CaptureSession(model, encoder=encoder, decoder=decoder, queries=queries,
+                          self_attention=self_attention, dtype=dtype, max_bytes=max_bytes)
+
+
+# ----------------------------------------------------------------------------- planning
+@dataclass
+class Plan:
+    """Which layers one forward pass stores, and what was left out and why."""
+
+    encoder: list[int] = field(default_factory=list)
+    decoder: list[int] = field(default_factory=list)
+    self_attention: list[int] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+    estimated_bytes: int = 0
+
+
+def plan_capture(*, n_tokens: int, n_queries: int, n_selected: int, n_heads: int, n_levels: int,
+                 n_points: int, n_classes: int, n_dec_layers: int, image_pixels: int,
+                 encoder: list[int], decoder: list[int], self_attention: bool, itemsize: int,
+                 max_bytes: float | None, two_stage: bool) -> Plan:
+    """Greedy budget: fixed parts, then decoder sampling, self-attention, encoder deepest first.
+
+    Sizes are per image; ``n_selected`` is the number of decoder queries kept.
+    """
+    MLP = n_heads * n_levels * n_points
+    fixed = image_pixels * 3 + n_tokens  # image, padding mask
+    fixed += n_dec_layers * n_queries * (n_classes + 4 + 4) * 4  # per-layer logits, boxes, references
+    fixed += 200 * 8 * 4  # detections
+    if two_stage:
+        fixed += n_tokens * (4 * 4 + 4 + 1) + n_queries * 8
+    items = [("decoder", i, n_selected * (MLP * 3 * itemsize + n_levels * 4 * 4)) for i in decoder]
+    if self_attention:
+        items += [("self_attention", i, n_heads * n_selected * n_queries * itemsize) for i in decoder]
+    items += [("encoder", i, n_tokens * (MLP * 3 * itemsize + n_levels * 2 * 4)) for i in sorted(encoder, reverse=True)]
+    plan = Plan(estimated_bytes=fixed)
+    for kind, i, size in items:
+        if max_bytes is None or plan.estimated_bytes + size <= max_bytes:
+            getattr(plan, kind).append(i)
+            plan.estimated_bytes += size
+        else:
+            plan.left_out.append(
+                f"{kind.replace('_', '-')} layer {i} ({size / 1e6:.1f} MB): over max_bytes="
+                f"{max_bytes / 1e6:g} MB; capture(..., max_bytes=None) keeps it")
+    for kind in ("encoder", "decoder", "self_attention"):
+        getattr(plan, kind).sort()
+    if two_stage:
+        plan.left_out.append("two-stage proposal logits of classes other than 0 (selection uses class 0)")
+    return plan
+
+
+# ----------------------------------------------------------------------------- recording
+def self_attention_weights(mha: torch.nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
+                           key_padding_mask: torch.Tensor | None = None,
+                           attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-head attention weights (B, M, Q, S) that ``mha`` computes for query (B, Q, E) and
+    key (B, S, E) (batch-first), recomputed from its projections so the module itself can
+    keep its fused, weight-free path. Dropout (training only) is not applied."""
+    if not mha.batch_first:
+        query, key = query.transpose(0, 1), key.transpose(0, 1)
+    E, M = mha.embed_dim, mha.num_heads
+    d = E // M
+    if mha.in_proj_weight is not None:
+        wq, wk = mha.in_proj_weight[:E], mha.in_proj_weight[E:2 * E]
+    else:
+        wq, wk = mha.q_proj_weight, mha.k_proj_weight
+    bq = bk = None
+    if mha.in_proj_bias is not None:
+        bq, bk = mha.in_proj_bias[:E], mha.in_proj_bias[E:2 * E]
+    B, Q, S = query.shape[0], query.shape[1], key.shape[1]
+    q = F.linear(query, wq, bq).view(B, Q, M, d).transpose(1, 2)  # (B, M, Q, d)
+    k = F.linear(key, wk, bk).view(B, S, M, d).transpose(1, 2)  # (B, M, S, d)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, M, Q, S)
+    if attn_mask is not None:
+        logits = logits.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else logits + attn_mask
+    if key_padding_mask is not None:
+        logits = logits.masked_fill(key_padding_mask[:, None, None, :].to(torch.bool), float("-inf"))
+    return logits.softmax(-1)
+
+
+class _Pass:
+    """What one forward pass recorded (batch tensors, still on the model's device)."""
+
+    def __init__(self, images, mask, batch):
+        self.images, self.mask, self.batch = images, mask, batch
+        self.plan: Plan | None = None
+        self.spatial_shapes = self.level_start_index = self.padding_mask = None
+        self.enc: dict[int, dict[str, torch.Tensor]] = {}
+        self.dec: dict[int, dict[str, torch.Tensor]] = {}
+        self.self_attn: dict[int, torch.Tensor] = {}
+
+
+def _layers(spec, n: int, what: str) -> list[int]:
+    if spec is True:
+        return list(range(n))
+    if spec is False or spec is None:
+        return []
+    out = sorted({int(i) for i in spec})
+    bad = [i for i in out if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"{what} layers {bad} do not exist; the model has {what} layers 0..{n - 1}")
+    return out
+
+
+class CaptureSession:
+    """The context manager returned by ``capture``; ``captures`` collects one ``Capture`` per
+    image of every forward pass made in the opening thread while it was open."""
+
+    def __init__(self, model, *, encoder, decoder, queries, self_attention, dtype, max_bytes):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be torch.float16 or torch.float32, got {dtype}")
+        if isinstance(queries, str) and queries != "detections":
+            raise ValueError(f"queries must be None, 'detections' or a list of indices, got {queries!r}")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive or None (no limit), got {max_bytes}")
+        if not hasattr(model, "transformer") or not hasattr(model, "cfg"):
+            raise TypeError(f"capture needs a ddetr DeformableDETR, got {type(model).__name__}")
+        self.model, self.dtype, self.max_bytes = model, dtype, max_bytes
+        self.queries = queries if queries is None or isinstance(queries, str) else [int(q) for q in queries]
+        t = model.transformer
+        self.encoder = _layers(encoder, len(t.encoder.layers), "encoder")
+        self.decoder = _layers(decoder, len(t.decoder.layers), "decoder")
+        self.self_attention = bool(self_attention) and bool(self.decoder)
+        self.captures: list[Capture] = []
+        self._thread: int | None = None
+        self._handles: list = []
+        self._pass: _Pass | None = None
+        self._calls = 0
+
+    # --- context ---
+    def __enter__(self) -> "CaptureSession":
+        if self._handles:
+            raise RuntimeError("this capture is already open; create a new one with ddetr.capture(model)")
+        self._thread = threading.get_ident()
+        m, t = self.model, self.model.transformer
+        reg = self._handles.append
+        reg(m.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
+        reg(m.register_forward_hook(self._on_model_end, with_kwargs=True))
+        reg(t.encoder.register_forward_pre_hook(self._on_encoder_start))
+        for i in self.encoder:
+            reg(t.encoder.layers[i].self_attn.core.register_forward_hook(partial(self._on_core, "enc", i), with_kwargs=True))
+        for i in self.decoder:
+            reg(t.decoder.layers[i].cross_attn.core.register_forward_hook(partial(self._on_core, "dec", i), with_kwargs=True))
+            if self.self_attention:
+                reg(t.decoder.layers[i].self_attn.register_forward_hook(partial(self._on_self_attn, i), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._pass = None
+
+    @property
+    def last(self) -> "Capture":
+        if not self.captures:
+            raise LookupError("nothing captured yet: call model.predict(...) inside the `with` block")
+        return self.captures[-1]
+
+    def _mine(self) -> bool:
+        return threading.get_ident() == self._thread
+
+    # --- hooks ---
+    # Each hook first checks the calling thread and takes *rest: PyTorch snapshots a module's
+    # hooks before calling them, so a session closed by another thread mid-forward may still
+    # be called once, possibly without the kwargs flag it was registered with.
+    def _on_model_start(self, module, args, kwargs=None):
+        if not self._mine():
+            return
+        kwargs = kwargs or {}
+        images = args[0] if args else kwargs["images"]
+        mask = args[1] if len(args) > 1 else kwargs["mask"]
+        self._pass = _Pass(images, mask, kwargs.get("batch"))
+
+    def _on_encoder_start(self, module, args):
+        if not self._mine() or self._pass is None:
+            return
+        p = self._pass
+        src, shapes, lsi, _vr, _pos, padding_mask = args
+        p.spatial_shapes, p.level_start_index, p.padding_mask = shapes, lsi, padding_mask
+        cfg = self.model.cfg
+        Lv = int(src.shape[1])
+        Q = min(cfg.num_queries, Lv) if cfg.two_stage else cfg.num_queries
+        if self.queries is None:
+            n_sel = Q
+        elif self.queries == "detections":
+            n_sel = min(Q, cfg.top_k)
+        else:
+            n_sel = len(self.queries)
+        if p.batch is not None:
+            pixels = max(h * w for h, w in p.batch.orig_sizes)
+        else:
+            pixels = int(p.images.shape[-1] * p.images.shape[-2])
+        p.plan = plan_capture(
+            n_tokens=Lv, n_queries=Q, n_selected=n_sel, n_heads=cfg.n_heads, n_levels=cfg.n_levels,
+            n_points=cfg.n_points, n_classes=cfg.num_classes, n_dec_layers=cfg.dec_layers,
+            image_pixels=pixels, encoder=self.encoder, decoder=self.decoder,
+            self_attention=self.self_attention, itemsize=torch.finfo(self.dtype).bits // 8,
+            max_bytes=self.max_bytes, two_stage=cfg.two_stage)
+
+    def _on_core(self, part, i, module, args, *rest):
+        if not self._mine() or self._pass is None or self._pass.plan is None:
+            return
+        p, kwargs = self._pass, (rest[0] if len(rest) == 2 else {})
+        if i not in (p.plan.encoder if part == "enc" else p.plan.decoder):
+            return
+        locations, weights = args[3], args[4]  # (B, Lq, M, L, P, 2), (B, Lq, M, L, P)
+        ref, off = kwargs.get("reference_points"), kwargs.get("offsets")
+        rec = {"weights": weights.detach().to(self.dtype, copy=True)}
+        if ref is None or off is None:  # a caller that did not pass the factors: keep the product
+            rec["locations"] = locations.detach().to(torch.float32, copy=True)
+        else:
+            rec["offsets"] = off.detach().to(self.dtype, copy=True)
+            rec["references"] = ref.detach().to(torch.float32, copy=True)
+        (p.enc if part == "enc" else p.dec)[i] = rec
+
+    def _on_self_attn(self, i, module, args, *rest):
+        if not self._mine() or self._pass is None or self._pass.plan is None:
+            return
+        p, kwargs = self._pass, (rest[0] if len(rest) == 2 else {})
+        if i not in p.plan.self_attention:
+            return
+        with torch.no_grad():
+            w = self_attention_weights(module, args[0], args[1], kwargs.get("key_padding_mask"), kwargs.get("attn_mask"))
+        p.self_attn[i] = w.to(self.dtype)
+
+    def _on_model_end(self, module, args, *rest):
+        if not self._mine():
+            return
+        p, self._pass, output = self._pass, None, rest[-1]
+        if p is None or p.plan is None:
+            return
+        with torch.no_grad():
+            self.captures.extend(_build_captures(self, p, output, self._calls))
+        self._calls += 1
+
+
+# ----------------------------------------------------------------------------- per image
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _image_info(p: _Pass, cfg) -> tuple[list, list, list]:
+    """(sizes, orig_sizes, originals) from the Batch, or from the tensors when the model was
+    called directly (then the 'original' is the un-normalized input, scale 1)."""
+    if p.batch is not None:
+        return list(p.batch.sizes), list(p.batch.orig_sizes), list(p.batch.originals)
+    mean = torch.tensor(cfg.pixel_mean, device=p.images.device).view(3, 1, 1)
+    std = torch.tensor(cfg.pixel_std, device=p.images.device).view(3, 1, 1)
+    sizes, originals = [], []
+    for b in range(p.images.shape[0]):
+        h, w = int((~p.mask[b, :, 0]).sum()), int((~p.mask[b, 0, :]).sum())
+        sizes.append((h, w))
+        originals.append((p.images[b, :, :h, :w] * std + mean).clamp(0, 1))
+    return sizes, sizes, originals
+
+
+def _build_captures(session: CaptureSession, p: _Pass, out, call: int) -> list["Capture"]:
+    model, cfg, plan = session.model, session.model.cfg, p.plan
+    B = p.images.shape[0]
+    sizes, orig_sizes, originals = _image_info(p, cfg)
+    dets = postprocess(out.logits.detach(), out.boxes.detach(), orig_sizes, cfg.class_names, cfg.top_k)
+    strides = list(model.backbone[0].strides)
+    while len(strides) < cfg.n_levels:
+        strides.append(strides[-1] * 2)  # extra levels: 3x3 stride-2 convolutions on the last map
+    layers = out.layers
+    Q = out.logits.shape[1]
+    valid_prop = None
+    if out.enc is not None:
+        _, proposals = encoder_proposals(p.padding_mask.new_zeros(p.padding_mask.shape + (1,), dtype=torch.float32),
+                                         p.padding_mask, p.spatial_shapes)
+        valid_prop = torch.isfinite(proposals).all(-1)  # (B, Lv)
+    captures = []
+    for b in range(B):
+        if session.queries is None:
+            qsel = np.arange(Q)
+        elif session.queries == "detections":
+            qsel = np.unique(_np(dets[b].query_index))
+        else:
+            qsel = np.asarray(session.queries, dtype=np.int64)
+            if qsel.size and (qsel.min() < 0 or qsel.max() >= Q):
+                raise ValueError(f"queries {session.queries} outside 0..{Q - 1}")
+        qsel_t = torch.as_tensor(qsel, device=out.logits.device)
+        arrays: dict[str, np.ndarray] = {"padding_mask": _np(p.padding_mask[b])}
+        for i, rec in p.enc.items():
+            for k, v in rec.items():
+                arrays[f"enc/{i}/{k}"] = _np(v[b])
+        for i, rec in p.dec.items():
+            for k, v in rec.items():
+                arrays[f"dec/{i}/{k}"] = _np(v[b].index_select(0, qsel_t.to(v.device)))
+        for i, w in p.self_attn.items():
+            arrays[f"dec/{i}/self_attention"] = _np(w[b].index_select(1, qsel_t.to(w.device)))  # (M, Qs, Q)
+        if p.dec or p.self_attn:
+            arrays["dec/query_index"] = qsel.astype(np.int64)
+        for i, lo in enumerate(layers):
+            arrays[f"layer/{i}/boxes"] = _np(lo.boxes[b].float())
+            arrays[f"layer/{i}/logits"] = _np(lo.logits[b].float())
+            arrays[f"layer/{i}/reference"] = _np(out.references[i][b].float())
+        d = dets[b]
+        arrays.update({"det/boxes": _np(d.boxes), "det/scores": _np(d.scores), "det/labels": _np(d.labels),
+                       "det/query_index": _np(d.query_index)})
+        if out.enc is not None:
+            arrays["proposals/boxes"] = _np(out.enc.boxes[b].float())
+            arrays["proposals/scores"] = _np(out.enc.logits[b, :, 0].float().sigmoid())
+            arrays["proposals/valid"] = _np(valid_prop[b])
+            arrays["proposals/index"] = _np(out.proposal_index[b])
+        geometry = Geometry(_np(p.spatial_shapes), _np(out.valid_ratios[b].float()), sizes[b],
+                            tuple(p.images.shape[-2:]), orig_sizes[b], strides)
+        left_out = list(plan.left_out)
+        if len(qsel) < Q and (p.dec or p.self_attn):
+            left_out.append(f"decoder sampling of {Q - len(qsel)} of {Q} queries (queries={session.queries!r})")
+        meta = {
+            "variant": cfg.variant, "class_names": list(cfg.class_names), "num_classes": cfg.num_classes,
+            "n_heads": cfg.n_heads, "n_levels": cfg.n_levels, "n_points": cfg.n_points,
+            "num_queries": int(Q), "enc_layers": cfg.enc_layers, "dec_layers": cfg.dec_layers,
+            "two_stage": cfg.two_stage, "with_box_refine": cfg.with_box_refine, "top_k": cfg.top_k,
+            "geometry": geometry.to_dict(), "dtype": _DTYPES[session.dtype],
+            "encoder_layers": sorted(p.enc), "decoder_layers": sorted(p.dec),
+            "self_attention_layers": sorted(p.self_attn),
+            "queries": "all" if session.queries is None else session.queries if isinstance(session.queries, str) else "list",
+            "max_bytes": session.max_bytes, "left_out": left_out, "call": call, "image_index": b,
+        }
+        image = (originals[b].detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
+        captures.append(Capture(meta, arrays, image.permute(1, 2, 0).numpy()))
+    return captures
+
+
+
+# ----------------------------------------------------------------------------- the record
+class Capture:
+    """What one image's forward pass did: sampling of every stored layer, boxes and scores of
+    every decoder layer, two-stage proposals, detections, geometry and the original image.
+
+    ``arrays`` (numpy, keys below; N = stored rows: Lv tokens or the selected queries)::
+
+        enc/{i}/offsets (Lv, M, L, P, 2)  enc/{i}/weights (Lv, M, L, P)  enc/{i}/references (Lv, L, 2)
+        dec/{i}/offsets (Qs, M, L, P, 2)  dec/{i}/weights (Qs, M, L, P)  dec/{i}/references (Qs, L, 2|4)
+        dec/{i}/self_attention (M, Qs, Q)   dec/query_index (Qs,)   padding_mask (Lv,)
+        layer/{i}/boxes (Q, 4) cxcywh [0, 1]  layer/{i}/logits (Q, K)  layer/{i}/reference (Q, 2|4)
+        det/boxes (N, 4) xyxy px  det/scores  det/labels  det/query_index
+        proposals/boxes (Lv, 4)  proposals/scores (Lv,)  proposals/valid (Lv,)  proposals/index (Q,)
+
+    Offsets and references are the op-frame factors of the locations (see the module
+    docstring); ``sampling`` and the ``*_points`` accessors give locations in every frame.
+    ``image`` is the original image, (h0, w0, 3) uint8; ``meta`` the JSON-able metadata.
+    """
+
+    def __init__(self, meta: dict, arrays: dict[str, np.ndarray], image: np.ndarray):
+        # A JSON round trip makes an in-memory capture's metadata equal to a re-loaded one's.
+        self.meta = json.loads(json.dumps(meta))
+        self.arrays, self.image = arrays, image
+        self.geometry = Geometry.from_dict(meta["geometry"])
+
+    # --- file ---
+    def save(self, path, compress: bool = False) -> None:
+        """Write one self-contained ``.npz`` (arrays, JSON metadata, PNG image)."""
+        save_capture(path, self.meta, self.arrays, self.image, compress)
+
+    @classmethod
+    def load(cls, path) -> "Capture":
+        """Read a file written by ``save``; ``CaptureFileError`` if it is not one."""
+        meta, arrays, image = load_capture(path)
+        return cls(meta, arrays, image)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Capture):
+            return NotImplemented
+        if self.meta != other.meta or set(self.arrays) != set(other.arrays):
+            return False
+        if self.image.shape != other.image.shape or not np.array_equal(self.image, other.image):
+            return False
+        return all(a.dtype == other.arrays[k].dtype and a.shape == other.arrays[k].shape
+                   and np.array_equal(a, other.arrays[k], equal_nan=a.dtype.kind == "f")
+                   for k, a in self.arrays.items())
+
+    __hash__ = None
+
+    # --- facts ---
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays.values()) + self.image.nbytes)
+
+    @property
+    def left_out(self) -> list[str]:
+        return list(self.meta["left_out"])
+
+    @property
+    def encoder_layers(self) -> list[int]:
+        return list(self.meta["encoder_layers"])
+
+    @property
+    def decoder_layers(self) -> list[int]:
+        return list(self.meta["decoder_layers"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def detections(self) -> Detections:
+        """The model's top-k detections (``top_k`` of the config, no threshold; use ``.above``)."""
+        a = self.arrays
+        labels = a["det/labels"]
+        names = [self.class_names[i] if i < len(self.class_names) else f"class {i}" for i in labels.tolist()]
+        return Detections(torch.from_numpy(a["det/boxes"]), torch.from_numpy(a["det/scores"]),
+                          torch.from_numpy(labels), names, torch.from_numpy(a["det/query_index"]))
+
+    # --- sampling ---
+    def _part(self, part: str, layer: int) -> str:
+        key = {"encoder": "enc", "enc": "enc", "decoder": "dec", "dec": "dec"}.get(part)
+        if key is None:
+            raise ValueError(f"part must be 'encoder' or 'decoder', got {part!r}")
+        stored = self.meta["encoder_layers" if key == "enc" else "decoder_layers"]
+        if layer not in stored:
+            why = "; ".join(s for s in self.left_out if f"{'encoder' if key == 'enc' else 'decoder'} layer {layer} " in s)
+            raise KeyError(f"{part} layer {layer} was not captured (stored: {stored})"
+                           + (f": {why}" if why else "; pass it in capture(..., encoder=/decoder=)"))
+        return f"{key}/{layer}"
+
+    def sampling(self, part: str, layer: int, rows=None) -> dict[str, np.ndarray | None]:
+        """Op-frame arrays of one layer: locations (N, M, L, P, 2) float32, weights (N, M, L, P),
+        offsets (N, M, L, P, 2) raw, references (N, L, 2|4); ``rows`` selects stored rows."""
+        from .attention import sampling_locations_from
+
+        prefix = self._part(part, layer)
+        sel = slice(None) if rows is None else rows
+        a = self.arrays
+        weights = a[f"{prefix}/weights"][sel].astype(np.float32)
+        if f"{prefix}/locations" in a:
+            return {"locations": a[f"{prefix}/locations"][sel], "weights": weights, "offsets": None, "references": None}
+        ref = a[f"{prefix}/references"][sel]
+        off = a[f"{prefix}/offsets"][sel].astype(np.float32)
+        loc = sampling_locations_from(torch.from_numpy(np.ascontiguousarray(ref))[None],
+                                      torch.from_numpy(np.ascontiguousarray(off))[None],
+                                      torch.from_numpy(self.geometry.spatial_shapes), off.shape[-2])[0]
+        return {"locations": loc.numpy(), "weights": weights, "offsets": off, "references": ref}
+
+    def points(self, part: str, layer: int, row: int) -> dict[str, np.ndarray | None]:
+        """One stored row (token or query position) in every frame:
+        locations (M, L, P, 2) op frame, level_px, image_px, weights (M, L, P), offsets (raw),
+        offsets_level_px, offsets_image_px, reference (L, 2|4) op frame, reference_image_px
+        (L, 2) points or (L, 4) cxcywh boxes in image pixels."""
+        s = self.sampling(part, layer, slice(row, row + 1))
+        g = self.geometry
+        loc = s["locations"][0]
+        out = {"locations": loc, "level_px": g.to_level(loc), "image_px": g.to_image(loc), "weights": s["weights"][0],
+               "offsets": None, "offsets_level_px": None, "offsets_image_px": None,
+               "reference": None, "reference_image_px": None}
+        if s["references"] is not None:
+            ref = s["references"][0]
+            off = g.offsets(loc, ref[None, :, None])
+            out.update(offsets=s["offsets"][0], offsets_level_px=off["level_px"], offsets_image_px=off["image_px"],
+                       reference=ref, reference_image_px=g.reference_to_image(ref))
+        return out
+
+    def decoder_points(self, layer: int, query: int) -> dict:
+        """``points`` of decoder ``query`` at ``layer``, plus its output box (xyxy image
+        pixels), top score and label at that layer, and self-attention (M, Q) if stored."""
+        prefix = self._part("decoder", layer)
+        qi = self.arrays["dec/query_index"]
+        pos = np.flatnonzero(qi == query)
+        if pos.size == 0:
+            raise KeyError(f"query {query} was not captured ({qi.size} queries stored, selection "
+                           f"{self.meta['queries']!r}); capture with queries=None to keep all")
+        out = self.points("decoder", layer, int(pos[0]))
+        scores = 1 / (1 + np.exp(-self.arrays[f"layer/{layer}/logits"][query].astype(np.float64)))
+        out.update(query=int(query), box_image_px=self.geometry.box_to_image(self.arrays[f"layer/{layer}/boxes"][query]),
+                   label=int(scores.argmax()), score=float(scores.max()))
+        sa = self.arrays.get(f"{prefix}/self_attention")
+        out["self_attention"] = None if sa is None else sa[:, int(pos[0])].astype(np.float32)
+        return out
+
+    def encoder_points(self, layer: int, x: float, y: float, level: int = 0) -> dict:
+        """``points`` of the level-``level`` encoder token whose cell holds original-image
+        point (x, y), plus token, level, cell (ix, iy) and the token's own image position."""
+        token = self.geometry.nearest_token(x, y, level)
+        out = self.points("encoder", layer, token)
+        lvl, ix, iy = self.geometry.token_cell(token)
+        out.update(token=token, level=lvl, cell=(ix, iy), token_image_px=self.geometry.token_image_px(token))
+        return out
+
+    def trajectory(self, query: int) -> dict[str, np.ndarray]:
+        """Refinement trajectory of one query over the decoder layers D:
+        references (D, 2|4) each layer's input reference in image pixels (point or cxcywh box),
+        boxes (D, 4) each layer's output box xyxy in image pixels, scores / labels (D,)."""
+        D, g = self.meta["dec_layers"], self.geometry
+        wh = g.orig_wh
+        refs, boxes, scores, labels = [], [], [], []
+        for i in range(D):
+            r = self.arrays[f"layer/{i}/reference"][query].astype(np.float64)
+            refs.append(r * (np.tile(wh, 2) if r.shape[-1] == 4 else wh))
+            boxes.append(g.box_to_image(self.arrays[f"layer/{i}/boxes"][query]))
+            s = 1 / (1 + np.exp(-self.arrays[f"layer/{i}/logits"][query].astype(np.float64)))
+            scores.append(s.max())
+            labels.append(s.argmax())
+        return {"references": np.stack(refs) if len({r.shape for r in refs}) == 1 else refs,
+                "boxes": np.stack(boxes), "scores": np.array(scores), "labels": np.array(labels)}
+
+    def summary(self) -> str:
+        """What was stored, what was left out and why, and the size."""
+        m, g = self.meta, self.geometry
+        (h0, w0), (h, w), (H, W) = g.orig_size, g.input_size, g.padded_size
+        Lv = int(g.spatial_shapes.prod(1).sum())
+        lines = [f"capture of a {w0}x{h0} image (resized {w}x{h}, padded {W}x{H}), {m['variant']}, "
+                 f"{m['dtype']}, {self.nbytes / 1e6:.1f} MB",
+                 f"levels (W x H): {', '.join(f'{x}x{y}' for y, x in g.spatial_shapes.tolist())}; "
+                 f"{m['n_heads']} heads x {m['n_levels']} levels x {m['n_points']} points"]
+        enc = m["encoder_layers"]
+        lines.append(f"encoder: layers {enc} of {m['enc_layers']}, all {Lv} tokens" if enc else "encoder: nothing stored")
+        dec = m["decoder_layers"]
+        if dec or m["self_attention_layers"]:
+            n = self.arrays["dec/query_index"].size
+            lines.append(f"decoder: sampling layers {dec} of {m['dec_layers']}, {n} of {m['num_queries']} queries "
+                         f"({m['queries']}); self-attention layers {m['self_attention_layers']}")
+        else:
+            lines.append("decoder sampling: nothing stored")
+        lines.append(f"boxes, scores and references of all {m['num_queries']} queries at every decoder layer")
+        if "proposals/boxes" in self.arrays:
+            lines.append(f"two-stage: {int(self.arrays['proposals/valid'].sum())} valid proposals of {Lv}, "
+                         f"{self.arrays['proposals/index'].size} became queries")
+        det = self.detections
+        if len(det):
+            lines.append(f"{len(det)} detections (top-{m['top_k']}); best {det.label_names[0]} {float(det.scores[0]):.3f}")
+        lines += [f"left out: {s}" for s in m["left_out"]] or ["left out: nothing"]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        return (f"Capture({self.meta['variant']}, image {g.orig_size[1]}x{g.orig_size[0]}, encoder {self.encoder_layers}, "
+                f"decoder {self.decoder_layers}, {self.nbytes / 1e6:.1f} MB)")
