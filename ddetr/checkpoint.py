@@ -31,7 +31,6 @@ from safetensors.torch import save_file
 
 from . import checkpoint_hf as hf
 from . import checkpoint_official as official
-from .coco_names import COCO_CLASSES
 from .config import PRESET_NAMES, DDETRConfig, variant_name
 from .model import DeformableDETR
 
@@ -65,7 +64,7 @@ class LoadReport:
             f"  variant {self.variant}: {c.n_levels} level(s), {c.n_heads} heads, {c.n_points} points, "
             f"{c.enc_layers}+{c.dec_layers} layers, d_model {c.d_model}, {c.num_queries} queries, "
             f"backbone {c.backbone}{' (DC5)' if c.dilation else ''}",
-            f"  {self.num_classes} classes; names from {self.label_source}",
+            f"  {self.num_classes} classes; class names: {self.label_source}",
         ]
         if self.shared_heads:
             lines.append("  shared heads: " + "; ".join(self.shared_heads))
@@ -103,7 +102,8 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
 
 def _torch_load(path: Path):
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # plain pickles
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
@@ -114,7 +114,12 @@ def _torch_load(path: Path):
                 "only checkpoints with tensors, plain containers and argparse.Namespace are accepted. "
                 "If you trust it, re-save just its state dict (torch.save(obj['model'], ...)) in a separate process."
             ) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg.splitlines()[0]})") from None
+        lines = [ln.strip() for ln in msg.splitlines()[1:]]
+        detail = next((ln for ln in lines if ln and not ln.startswith(("Please file", "Check the doc"))), msg.splitlines()[0])
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint the safe unpickler can read ({detail}); "
+            "it may be corrupt, or a pickle of something other than tensors and plain containers"
+        ) from None
     except Exception as e:  # torch raises RuntimeError, EOFError, ValueError ... for damaged files
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise CheckpointError(
@@ -155,6 +160,16 @@ def _clean(sd: dict, notes: list[str]) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(out, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(out).__name__}")
+    return out
+
+
 def _hf_weights(folder: Path) -> Path:
     for name in _WEIGHT_FILES:
         if (folder / name).is_file():
@@ -162,29 +177,6 @@ def _hf_weights(folder: Path) -> Path:
     raise CheckpointError(
         f"{folder}: has config.json but no weights; expected {' or '.join(_WEIGHT_FILES)} "
         "(sharded checkpoints: merge them first)"
-    )
-
-
-def _from_hub(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        raise CheckpointError(f"{repo_id!r} is not a local path, and huggingface_hub is not installed to fetch it") from None
-    patterns = ["config.json", "preprocessor_config.json", "model.safetensors"]
-    last = None
-    for local_only in (True, False):
-        try:
-            folder = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=local_only))
-            if not (folder / "model.safetensors").is_file():  # older repos hold only a .bin
-                folder = Path(snapshot_download(repo_id, allow_patterns=patterns[:2] + ["pytorch_model.bin"],
-                                                local_files_only=local_only))
-            return folder
-        except Exception as e:  # offline, unknown repo, gated ... (network code: not exercised by tests)
-            last = e
-    raise CheckpointError(
-        f"{repo_id!r} is not a local path, and fetching it from the Hugging Face Hub failed "
-        f"({type(last).__name__}: {str(last).splitlines()[0] if str(last) else ''}). Without network, download it "
-        f"elsewhere (`hf download {repo_id} --local-dir DIR`) and pass the folder, or check the path."
     )
 
 
@@ -226,30 +218,37 @@ def _describe_shared(groups: list[list[str]]) -> list[str]:
 def _assign(model: DeformableDETR, sd: dict[str, torch.Tensor], strict: bool, where: str, notes: list[str]):
     """Load ``sd`` into ``model``; returns (missing, unexpected) — both empty when strict."""
     expected = model.state_dict()
-    sd = dict(sd)
+    sd, in_file = dict(sd), len(sd)
     counters = [k for k in sd if k.endswith("num_batches_tracked") and k not in expected]
     for k in counters:  # frozen batch norm keeps no counter (torchvision / HF files may carry one)
         del sd[k]
     if counters:
         notes.append(f"ignored {len(counters)} num_batches_tracked counters (frozen batch norm has none)")
+    differing = []
     for group in _alias_groups(model):
         present = [k for k in group if k in sd]
         if not present:
             continue
         ref = sd[present[0]]
-        for k in present[1:]:
-            if sd[k].shape != ref.shape or not torch.equal(sd[k], ref):
-                msg = f"{present[0]} and {k} are one module in this model but differ in the file; used {present[0]}"
-                warnings.warn(msg)
-                notes.append(msg)
+        differing += [(present[0], k) for k in present[1:] if sd[k].shape != ref.shape or not torch.equal(sd[k], ref)]
         for k in group:
             sd[k] = ref
+    if differing:
+        # Official models share these modules (one head for all layers without refinement; the
+        # decoder's refinement heads are the output heads). transformers 5 with
+        # tie_word_embeddings=false unties them: such a model computes something else.
+        msg = (f"{len(differing)} tensors that are one module in this architecture differ in the file "
+               f"(e.g. {differing[0][0]} != {differing[0][1]}); the file does not follow the official weight sharing")
+        if strict:
+            raise CheckpointError(f"{where}: {msg}. Pass strict=False to load anyway with the first tensor of each group.")
+        warnings.warn(f"{where}: {msg}; used the first tensor of each group")
+        notes.append(msg + "; used the first tensor of each group, so outputs differ from the source's")
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     mismatched = [k for k in expected if k in sd and sd[k].shape != expected[k].shape]
     if (missing or unexpected or mismatched) and strict:
         lines = [f"{where}: does not fit a Deformable DETR {variant_name(model.cfg)} model "
-                 f"({len(expected)} tensors expected, {len(sd)} in the file):"]
+                 f"({len(expected)} tensors expected, {in_file} in the file):"]
         if missing:
             lines.append(f"  missing {len(missing)}: {_first(missing)}")
         if unexpected:
@@ -285,15 +284,14 @@ def load(source, *, device="cpu", variant: str | None = None, num_classes: int |
     if variant is not None and variant not in PRESET_NAMES:
         raise CheckpointError(f"variant={variant!r} is not one of {', '.join(PRESET_NAMES)}")
     path = Path(src).expanduser()
-    if not path.exists():
-        if _HUB_ID.match(src) and not src.endswith((".pth", ".pt", ".bin", ".safetensors")):
-            path = _from_hub(src)
-        else:
-            raise CheckpointError(f"{src}: no such file or folder")
-    if path.is_file() and path.name == "config.json":
-        path = path.parent
     notes: list[str] = []
     try:
+        if not path.exists():
+            if not _HUB_ID.match(src) or src.endswith((".pth", ".pt", ".bin", ".safetensors")):
+                raise CheckpointError(f"{src}: no such file or folder")
+            path = hf.from_hub(src)
+        if path.is_file() and path.name == "config.json":
+            path = path.parent
         fmt, cfg, sd, label_source = _read_any(path, variant, notes)
     except CheckpointError:
         raise
@@ -318,20 +316,14 @@ def load(source, *, device="cpu", variant: str | None = None, num_classes: int |
     return model.to(device).eval(), report
 
 
-def _default_names(n: int) -> tuple[tuple[str, ...], str]:
-    if n == len(COCO_CLASSES):
-        return COCO_CLASSES, "COCO category names (91 logits: label = COCO category id, as officially)"
-    return tuple(f"class {i}" for i in range(n)), "none: generic 'class i' names (pass class_names=...)"
-
-
 def _read_any(path: Path, variant: str | None, notes: list[str]):
     """(format, config, state dict in our keys, label source) for any supported source."""
     hf_cfg, hf_pre = None, {}
     if path.is_dir():
         if (path / "config.json").is_file():
-            hf_cfg = json.loads((path / "config.json").read_text())
+            hf_cfg = _read_json(path / "config.json")
             if (path / "preprocessor_config.json").is_file():
-                hf_pre = json.loads((path / "preprocessor_config.json").read_text())
+                hf_pre = _read_json(path / "preprocessor_config.json")
             path = _hf_weights(path)
         else:
             found = sorted(p for p in path.iterdir() if p.suffix in (".pth", ".pt", ".safetensors", ".bin"))
@@ -351,17 +343,20 @@ def _read_any(path: Path, variant: str | None, notes: list[str]):
     if meta.get("format") == "ddetr":
         if meta.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: ddetr format version {meta.get('format_version')!r}; this code reads {FORMAT_VERSION!r}")
-        cfg = DDETRConfig.from_dict(json.loads(meta["config"]))
+        try:
+            cfg = DDETRConfig.from_dict(json.loads(meta["config"]))
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: ddetr metadata holds no readable config ({type(e).__name__}: {e})") from None
         return "ddetr", cfg, sd, "checkpoint config"
     sd = _clean(sd, notes)
     if not sd:
         raise CheckpointError(f"{path}: holds no tensors")
     if hf_cfg is None and path.parent.joinpath("config.json").is_file() and hf.is_hf_state_dict(sd):
-        hf_cfg = json.loads(path.parent.joinpath("config.json").read_text())
+        hf_cfg = _read_json(path.parent / "config.json")
     if hf.is_hf_state_dict(sd):
-        return _build_hf(sd, hf_cfg, hf_pre, variant, notes)
+        return hf.build_config(sd, hf_cfg, hf_pre, variant, notes)
     if official.looks_official(sd):
-        return _build_official(sd, args, variant, notes)
+        return official.build_config(sd, args, variant, notes)
     hint = ""
     if hf.is_hf_base_model(sd):
         hint = " It is a transformers DeformableDetrModel, which has no detection heads; use DeformableDetrForObjectDetection weights."
@@ -372,63 +367,6 @@ def _read_any(path: Path, variant: str | None, notes: list[str]):
         f"(transformer.*, backbone.0.body.*) or transformers (model.encoder.*, model.backbone.*) name; "
         f"first keys: {_first(sd, 5)}.{hint}"
     )
-
-
-def _resolve_dc5(fields: dict, known: bool, variant: str | None, notes: list[str]) -> None:
-    if known or fields.get("n_levels", 4) != 1:
-        return
-    if variant in ("single_scale", "single_scale_dc5"):
-        fields["dilation"] = variant == "single_scale_dc5"
-        return
-    fields["dilation"] = False
-    notes.append(
-        "single-scale weights fit both single_scale and single_scale_dc5 (DC5 only changes strides); "
-        "loaded as single_scale. Pass variant='single_scale_dc5' if this is the DC5 model."
-    )
-
-
-def _build_official(sd, args, variant, notes):
-    full = official.config_from_args(args) if args is not None else None
-    if full is not None:
-        return "official", DDETRConfig.from_dict(full), sd, "checkpoint config"
-    stated = official.fields_from_args(args) if args is not None else {}
-    fields = official.infer_fields(sd, stated.get("n_heads"), notes)
-    for k, v in stated.items():
-        if k in fields and fields[k] != v:
-            notes.append(f"args say {k}={v!r} but the tensors say {fields[k]!r}; used the tensors")
-        else:
-            fields[k] = v
-    if fields["two_stage"] and "num_queries" not in fields:
-        notes.append("two-stage query count is not stored in the tensors: assumed 300 (official)")
-    _resolve_dc5(fields, "dilation" in stated, variant, notes)
-    fields["class_names"], label_source = _default_names(fields["num_classes"])
-    cfg = DDETRConfig(**fields)
-    cfg.variant = variant_name(cfg)
-    return "official", cfg, sd, label_source
-
-
-def _build_hf(sd, hf_cfg, hf_pre, variant, notes):
-    sd, info = hf.hf_to_ours(sd)
-    notes.append(f"transformers {info['names']} key names, {info['backbone']} backbone")
-    if hf_cfg is None:
-        notes.append("no config.json next to the weights: architecture read off the tensors")
-        fields = official.infer_fields(sd, None, notes)
-        _resolve_dc5(fields, False, variant, notes)
-        names, label_source = _default_names(fields["num_classes"])
-    else:
-        fields = hf.config_fields_from_hf(hf_cfg, notes)
-        fields.update(hf.preprocess_fields_from_hf(hf_pre))
-        head = sd.get("class_embed.0.weight")
-        if head is not None and fields.get("num_classes") not in (None, head.shape[0]):
-            notes.append(f"config.json says {fields['num_classes']} labels, the class head has {head.shape[0]}; used the head")
-        if head is not None:
-            fields["num_classes"] = head.shape[0]
-        names, label_source = hf.class_names_from_hf(hf_cfg, fields.get("num_classes", 91))
-    cfg = DDETRConfig(**fields, class_names=names)
-    cfg.variant = variant_name(cfg)
-    if cfg.with_box_refine and (hf_cfg or {}).get("tie_word_embeddings", True):
-        hf.fill_hf_tied_heads(sd, cfg.dec_layers + (1 if cfg.two_stage else 0), notes)
-    return "transformers", cfg, sd, label_source
 
 
 # ------------------------------------------------------------------ saving

@@ -21,8 +21,12 @@ inverse of ``hf_to_ours`` and is what the parity tests use to build the transfor
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
+
+from . import checkpoint_official as official
+from .config import DDETRConfig, variant_name
 
 # (ours, transformers v4) key prefixes; "{i}" is a layer index.
 _RULES: list[tuple[str, str]] = [
@@ -171,6 +175,8 @@ def ours_to_hf(sd: dict[str, torch.Tensor], names: str = "v5", backbone: str = "
         raise ValueError(f"names must be 'v4' or 'v5', got {names!r}")
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
+        if key.endswith("num_batches_tracked"):
+            continue  # transformers freezes every batch norm; frozen ones keep no counter
         m = _IN_PROJ.match(key)
         if m:
             layer, kind = m.groups()
@@ -198,7 +204,7 @@ def fill_hf_tied_heads(sd: dict[str, torch.Tensor], num_pred: int, notes: list[s
     """transformers ties ``class_embed.N`` / ``bbox_embed.N`` (N > 0) to head 0 when the config
     has ``tie_word_embeddings`` (its default) and then saves only head 0; its own loader
     re-ties them. Do the same, in our key space, for heads the file does not hold."""
-    for head, suffixes in (("class_embed", ("weight", "bias")), ("bbox_embed", None)):
+    for head in ("class_embed", "bbox_embed"):
         zero = {k: v for k, v in sd.items() if k.startswith(f"{head}.0.")}
         filled = []
         for n in range(1, num_pred):
@@ -279,7 +285,7 @@ def class_names_from_hf(c: dict, num_classes: int) -> tuple[tuple[str, ...], str
     """Names from ``id2label`` (label index -> name); gaps become 'N/A'. Returns (names, source)."""
     id2label = {int(k): str(v) for k, v in (c.get("id2label") or {}).items()}
     if not id2label or all(re.fullmatch(r"LABEL_\d+", v) for v in id2label.values()):
-        return tuple(f"class {i}" for i in range(num_classes)), "none (config.json id2label has only generic LABEL_i names)"
+        return tuple(f"class {i}" for i in range(num_classes)), "none in the file (config.json id2label has only generic LABEL_i): generic 'class i'"
     names = tuple(id2label.get(i, "N/A") for i in range(num_classes))
     extra = sorted(i for i in id2label if not 0 <= i < num_classes)
     source = "config.json id2label"
@@ -341,3 +347,52 @@ def hf_config_dict(cfg) -> dict:
             out_features=stages, downsample_in_bottleneck=False, downsample_in_first_stage=False,
         ))
     return d
+
+
+def build_config(sd, hf_cfg: dict | None, hf_pre: dict, variant: str | None, notes: list[str]):
+    """(format, DDETRConfig, state dict in our keys, label source) for transformers weights."""
+    sd, info = hf_to_ours(sd)
+    notes.append(f"transformers {info['names']} key names, {info['backbone']} backbone")
+    if hf_cfg is None:
+        notes.append("no config.json next to the weights: architecture read off the tensors")
+        fields = official.infer_fields(sd, None, notes)
+        official.resolve_dc5(fields, False, variant, notes)
+        names, label_source = official.default_class_names(fields["num_classes"])
+    else:
+        fields = config_fields_from_hf(hf_cfg, notes)
+        fields.update(preprocess_fields_from_hf(hf_pre))
+        head = sd.get("class_embed.0.weight")
+        if head is not None and fields.get("num_classes") not in (None, head.shape[0]):
+            notes.append(f"config.json says {fields['num_classes']} labels, the class head has {head.shape[0]}; used the head")
+        if head is not None:
+            fields["num_classes"] = head.shape[0]
+        names, label_source = class_names_from_hf(hf_cfg, fields.get("num_classes", 91))
+    cfg = DDETRConfig(**fields, class_names=names)
+    cfg.variant = variant_name(cfg)
+    if cfg.with_box_refine and (hf_cfg or {}).get("tie_word_embeddings", True):
+        fill_hf_tied_heads(sd, cfg.dec_layers + (1 if cfg.two_stage else 0), notes)
+    return "transformers", cfg, sd, label_source
+
+
+def from_hub(repo_id: str) -> Path:
+    """Local folder of a hub snapshot (cache first, then network); ValueError naming the id."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        raise ValueError(f"{repo_id!r} is not a local path, and huggingface_hub is not installed to fetch it") from None
+    patterns = ["config.json", "preprocessor_config.json", "model.safetensors"]
+    last = None
+    for local_only in (True, False):
+        try:
+            folder = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=local_only))
+            if not (folder / "model.safetensors").is_file():  # older repos hold only a .bin
+                folder = Path(snapshot_download(repo_id, allow_patterns=patterns[:2] + ["pytorch_model.bin"],
+                                                local_files_only=local_only))
+            return folder
+        except Exception as e:  # offline, unknown repo, gated ... (network code: not exercised by tests)
+            last = e
+    raise ValueError(
+        f"{repo_id!r} is not a local path, and fetching it from the Hugging Face Hub failed "
+        f"({type(last).__name__}: {str(last).splitlines()[0] if str(last) else ''}). Without network, download it "
+        f"elsewhere (`hf download {repo_id} --local-dir DIR`) and pass the folder, or check the path."
+    )

@@ -13,6 +13,9 @@ import re
 
 import torch
 
+from .coco_names import COCO_CLASSES
+from .config import DDETRConfig, variant_name
+
 # The official get_args_parser defaults of the architecture flags (main.py).
 _OFFICIAL_DEFAULTS = dict(
     backbone="resnet50", dilation=False, position_embedding="sine", num_feature_levels=4,
@@ -133,3 +136,50 @@ def official_args(cfg) -> argparse.Namespace:
         ddetr_config=cfg.to_json(),
     )
     return argparse.Namespace(**a)
+
+
+def default_class_names(n: int) -> tuple[tuple[str, ...], str]:
+    """(names, where they came from) when the file holds none."""
+    if n == len(COCO_CLASSES):
+        return COCO_CLASSES, "COCO category names (91 logits: label = COCO category id, as officially)"
+    return tuple(f"class {i}" for i in range(n)), "none in the file: generic 'class i' (pass class_names=...)"
+
+
+def resolve_dc5(fields: dict, known: bool, variant: str | None, notes: list[str]) -> None:
+    """DC5 and single-scale have the same tensors: take ``variant`` or say we could not tell."""
+    if known or fields.get("n_levels", 4) != 1:
+        return
+    if variant in ("single_scale", "single_scale_dc5"):
+        fields["dilation"] = variant == "single_scale_dc5"
+        return
+    fields["dilation"] = False
+    notes.append(
+        "single-scale weights fit both single_scale and single_scale_dc5 (DC5 only changes strides); "
+        "loaded as single_scale. Pass variant='single_scale_dc5' if this is the DC5 model."
+    )
+
+
+def build_config(sd, args, variant: str | None, notes: list[str]):
+    """(format, DDETRConfig, state dict, label source) for a state dict in the official layout.
+
+    A Namespace written by ``official_args`` carries our whole config. Otherwise the tensors
+    decide what they can (they are what gets loaded; disagreeing args are noted) and args
+    supply what tensors cannot tell: dilation, heads, two-stage query count, dropout.
+    """
+    full = config_from_args(args) if args is not None else None
+    if full is not None:
+        return "official", DDETRConfig.from_dict(full), sd, "checkpoint config"
+    stated = fields_from_args(args) if args is not None else {}
+    fields = infer_fields(sd, stated.get("n_heads"), notes)
+    for k, v in stated.items():
+        if k in fields and fields[k] != v:
+            notes.append(f"args say {k}={v!r} but the tensors say {fields[k]!r}; used the tensors")
+        else:
+            fields[k] = v
+    if fields["two_stage"] and "num_queries" not in fields:
+        notes.append("two-stage query count is not stored in the tensors: assumed 300 (official)")
+    resolve_dc5(fields, "dilation" in stated, variant, notes)
+    fields["class_names"], label_source = default_class_names(fields["num_classes"])
+    cfg = DDETRConfig(**fields)
+    cfg.variant = variant_name(cfg)
+    return "official", cfg, sd, label_source

@@ -36,7 +36,7 @@ BARELY_MOVED_REL = 2e-2  # below this: moved, but hardly (warning)
 # Normalized entropy H / log(L * P): 1 is uniform. Trained heads sit around 0.5 - 0.85.
 UNIFORM_ENTROPY = 0.98
 # Share of attention mass on points outside the valid image (weighted by attention).
-PADDING_WARN, PADDING_PROBLEM = 0.25, 0.5
+PADDING_WARN, PADDING_PROBLEM = 0.3, 0.5
 # A level whose mean attention mass is below this fraction of the uniform share 1 / L.
 STARVED_LEVEL_FRACTION = 0.1
 # Queries examined in the decoder: those behind the best detections (what a user looks at).
@@ -219,7 +219,7 @@ def check_capture(capture) -> tuple[list[Finding], list[str]]:
     parts = [("encoder", i) for i in capture.encoder_layers] + [("decoder", i) for i in capture.decoder_layers]
     if not parts:
         notes.append("the capture holds no sampling data: heads, padding and levels were not checked")
-    uniform_ok, pad_ok, level_ok = [], [], []
+    uniform_ok, pad_ok, level_ok, all_flat = [], [], [], []
     for part, layer in parts:
         s, desc = _rows(capture, part, layer)
         where = f"{part} layer {layer}"
@@ -230,12 +230,13 @@ def check_capture(capture) -> tuple[list[Finding], list[str]]:
         if w.shape[-1] * w.shape[-2] > 1:
             ent = normalized_entropy(w).mean(0)  # (M,)
             flat = [m for m in range(M) if ent[m] > UNIFORM_ENTROPY]
-            if flat:
-                sev = "problem" if len(flat) == M else "warning"
-                findings.append(Finding("uniform_heads", sev, where, float(ent[flat].mean()),
+            if len(flat) == M:
+                all_flat.append((where, float(ent.mean())))
+            elif flat:
+                findings.append(Finding("uniform_heads", "warning", where, float(ent[flat].mean()),
                                         f"head(s) {', '.join(map(str, flat))} of {M} attend almost uniformly "
                                         f"(entropy {ent[flat].mean():.3f} of the maximum log(L*P), over {desc}): "
-                                        "they do not pick out points. Typical of an untrained or collapsed layer."))
+                                        "they do not pick out points."))
             else:
                 uniform_ok.append(float(ent.max()))
         pad, out = outside_mass(s["locations"], w, g.valid_ratios)
@@ -258,9 +259,16 @@ def check_capture(capture) -> tuple[list[Finding], list[str]]:
                                         f"{1 / L:.0%}): the model ignores that scale. Check its input projection."))
             else:
                 level_ok.append(float(mass.min()))
+    if all_flat:
+        e = min(v for _, v in all_flat)
+        where = (f"all {len(parts)} captured layers" if len(all_flat) == len(parts) > 1
+                 else ", ".join(w for w, _ in all_flat))
+        findings.insert(0, Finding("uniform_heads", "problem", where, e,
+                                   f"every head attends almost uniformly (normalized entropy >= {e:.3f}; 1 is "
+                                   "uniform): no head picks out points. Typical of an untrained or collapsed model."))
     if uniform_ok:
         findings.append(Finding("uniform_heads", "ok", f"{len(uniform_ok)} layer(s)", max(uniform_ok),
-                                f"no head is near-uniform (largest normalized entropy {max(uniform_ok):.2f}).") )
+                                f"no head is near-uniform (largest normalized entropy {max(uniform_ok):.2f})."))
     if pad_ok:
         findings.append(Finding("points_outside", "ok", f"{len(pad_ok)} layer(s)", max(pad_ok),
                                 f"at most {max(pad_ok):.0%} of the attention mass falls outside the image."))

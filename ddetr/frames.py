@@ -224,6 +224,9 @@ class Geometry:
         return self.level_to_image(np.array([ix + 0.5, iy + 0.5]), level)
 
     def to_dict(self) -> dict:
+        """JSON-able; the derived entries (level_start_index, scale, padding, valid_sizes) are
+        written for readers without this package and ignored by ``from_dict``."""
+        (h, w), (H, W) = self.input_size, self.padded_size
         return {
             "spatial_shapes": self.spatial_shapes.tolist(),
             "valid_ratios": self.valid_ratios.tolist(),
@@ -231,6 +234,10 @@ class Geometry:
             "padded_size": list(self.padded_size),
             "orig_size": list(self.orig_size),
             "strides": list(self.strides),
+            "level_start_index": self.level_start_index.tolist(),
+            "scale": list(self.scale),
+            "padding": [H - h, W - w],  # bottom, right (input pixels)
+            "valid_sizes": np.round(self.valid_wh[:, ::-1]).astype(int).tolist(),  # (h, w) per level
         }
 
     @classmethod

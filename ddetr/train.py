@@ -314,8 +314,11 @@ def train(args: argparse.Namespace) -> int:
     while epoch < args.epochs and status == "finished" and (args.max_steps is None or step < args.max_steps):
         samples.epoch = epoch
         batches = epoch_batches(len(samples), args.batch_size, world, rank, args.seed, epoch)[batch_in_epoch:]
-        loader = torch.utils.data.DataLoader(samples, batch_sampler=batches, num_workers=args.workers,
-                                             collate_fn=collate_padded, pin_memory=device.type == "cuda")
+        # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
+        # run's dropout masks would differ from an uninterrupted one's.
+        loader = torch.utils.data.DataLoader(
+            samples, batch_sampler=batches, num_workers=args.workers, collate_fn=collate_padded,
+            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(args.seed + epoch))
         net.train()
         for images, mask, targets in loader:
             schedule.apply(optimizer, step, epoch)

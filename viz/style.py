@@ -148,6 +148,16 @@ def image_axes(ax, w: float, h: float) -> None:
         s.set_visible(False)
 
 
+def style_colorbar(cb, label: str) -> None:
+    """Thin outline, plain tick labels (no '1e-3 + offset' header), a label."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    cb.set_label(label)
+    cb.outline.set_linewidth(0.4)
+    cb.ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    cb.ax.tick_params(width=0.4, length=2)
+
+
 # ----------------------------------------------------------------------------- plotly
 
 PLOTLY_FONT = dict(family="DejaVu Sans, Arial, sans-serif", size=12)

@@ -1,0 +1,112 @@
+"""Cost of capture: predict time without capture, with the default and with a full capture,
+and after the capture closed, measured side by side (interleaved, median) in one run.
+
+    python bench/capture.py            # small preset at 320x427, R50 multi-scale at 800x1333
+    python bench/capture.py --quick    # fewer runs (R50: one of each)
+
+Random weights: timing does not depend on them. Prints ratios to the uncaptured model, the
+time spent inside the capture hooks (robust to machine load) and the size of each capture.
+"full" is everything in float32 (max_bytes=None); "after" is the model once the capture
+closed. Targets: a full capture costs at most 10% more; after exit, nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import ddetr  # noqa: E402
+from ddetr.capture import capture  # noqa: E402
+
+MODES = ("plain", "default", "full", "after")
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench(preset: str, size: tuple[int, int], runs: int, device: str) -> dict:
+    torch.manual_seed(0)
+    model = ddetr.build_model(ddetr.preset(preset)).eval().to(device)
+    twin = copy.deepcopy(model)  # never captured: the baseline
+    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sizes, hook_seconds = {}, {"default": [], "full": []}
+
+    def plain():
+        twin.predict(image)
+        sync()
+
+    def with_capture(kind):
+        def run():
+            kw = {} if kind == "default" else dict(max_bytes=None, dtype=torch.float32)
+            with capture(model, **kw) as cap:
+                model.predict(image)
+                sync()
+            sizes[kind] = cap.last
+            hook_seconds[kind].append(cap.seconds)
+        return run
+
+    def after():
+        model.predict(image)
+        sync()
+
+    fns = {"plain": plain, "default": with_capture("default"), "full": with_capture("full"), "after": after}
+    for fn in fns.values():  # warm-up (allocator, kernels, lazy inits)
+        fn()
+    hook_seconds = {k: [] for k in hook_seconds}
+    times = {k: [] for k in MODES}
+    for _ in range(runs):  # interleaved so that load from other processes hits every mode alike
+        for k in MODES:
+            times[k].append(_time(fns[k]))
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return {"times": {k: statistics.median(v) for k, v in times.items()}, "captures": sizes, "hooks_left": hooks,
+            "hook_seconds": {k: statistics.median(v) for k, v in hook_seconds.items()},
+            "input": sizes["full"].geometry.input_size}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer runs (3 small, 1 R50)")
+    ap.add_argument("--runs", type=int, default=None, help="timed runs per mode for the small model")
+    # One thread by default: on a shared machine two OpenMP threads wait for each other
+    # (a 3 MB copy took 12 ms with 2 threads under load, 0.06 ms with 1), drowning the signal.
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--skip-r50", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    runs_small = args.runs or (3 if args.quick else 7)
+    runs_r50 = 1 if args.quick else 3
+    cases = [("small", (320, 427), runs_small)]
+    if not args.skip_r50:
+        cases.append(("multi_scale", (800, 1333), runs_r50))
+    print(f"device {args.device}, {torch.get_num_threads()} threads, ops: {__import__('ops').implementation(args.device)}")
+    print(f"{'model':<12} {'input':>10} {'runs':>4} | {'plain s':>8} {'default':>8} {'full':>8} {'after':>8} |"
+          f" {'default/plain':>13} {'full/plain':>10} {'after/plain':>11} | {'default MB':>10} {'full MB':>8}")
+    for preset, size, runs in cases:
+        r = bench(preset, size, runs, args.device)
+        t, c = r["times"], r["captures"]
+        h, w = r["input"]
+        print(f"{preset:<12} {f'{w}x{h}':>10} {runs:>4} | {t['plain']:8.3f} {t['default']:8.3f} {t['full']:8.3f} "
+              f"{t['after']:8.3f} | {t['default'] / t['plain']:13.3f} {t['full'] / t['plain']:10.3f} "
+              f"{t['after'] / t['plain']:11.3f} | {c['default'].nbytes / 1e6:10.1f} {c['full'].nbytes / 1e6:8.1f}")
+        hs = r["hook_seconds"]
+        print(f"  time inside the capture hooks / plain: default {hs['default'] / t['plain']:.3f}, "
+              f"full {hs['full'] / t['plain']:.3f} (the overhead without the noise of other processes)")
+        print(f"  hooks left after exit: {r['hooks_left']}; default capture left out: "
+              f"{'; '.join(c['default'].left_out) or 'nothing'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Fast RGB rendering with PIL, for the explorer's clickable ``gr.Image`` (a few ms a frame).
+
+A ``Raster`` is the original image scaled by ``scale`` (display pixel = scale x image pixel);
+every drawing call takes original-image pixels, so a click at display (u, v) is image point
+(u / scale, v / scale): ``to_image_px``. ``display_scale`` picks the scale the explorer uses.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .style import BOX_COLOR, OUTLINE_COLOR, REFERENCE_COLOR, colormap_rgb, hex_to_rgb
+
+DEFAULT_MAX_SIDE = 800  # display size of the longer side; markers are drawn at this size
+
+
+def display_scale(image_shape, max_side: int = DEFAULT_MAX_SIDE) -> float:
+    """Scale from image pixels to display pixels for an (h, w, ...) image."""
+    h, w = int(image_shape[0]), int(image_shape[1])
+    return float(max_side) / float(max(h, w))
+
+
+def to_image_px(u: float, v: float, scale: float) -> tuple[float, float]:
+    """A display pixel index (e.g. ``gr.SelectData.index``) -> original-image pixel point
+    (the pixel's centre)."""
+    return (u + 0.5) / scale, (v + 0.5) / scale
+
+
+def _rgb(c) -> tuple[int, int, int]:
+    if isinstance(c, str):
+        return hex_to_rgb(c)
+    return tuple(int(v) for v in c)[:3]
+
+
+class Raster:
+    """RGB canvas over an image; coordinates in original-image pixels (edges at integers)."""
+
+    def __init__(self, image: np.ndarray, scale: float | None = None, dim: float = 0.0, origin=(0.0, 0.0)):
+        """``image`` covers image pixels from ``origin`` (x, y) on (a crop has its corner there)."""
+        self.scale = display_scale(image.shape) if scale is None else float(scale)
+        self.origin = np.asarray(origin, dtype=np.float64)
+        h, w = image.shape[:2]
+        self.size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
+        base = Image.fromarray(np.ascontiguousarray(image))
+        if self.size != (w, h):
+            base = base.resize(self.size, Image.BILINEAR if self.scale > 1 else Image.BOX)
+        if dim > 0:  # darken so that overlays stand out
+            base = Image.eval(base, lambda v: int(v * (1.0 - dim)))
+        self.im = base.convert("RGB")
+        self.draw = ImageDraw.Draw(self.im)
+
+    def _xy(self, xy) -> np.ndarray:
+        return (np.asarray(xy, dtype=np.float64).reshape(-1, 2) - self.origin) * self.scale
+
+    def points(self, xy, colors, diameters, outline=OUTLINE_COLOR, order=None) -> None:
+        """Filled circles: xy (N, 2) image px, colors (N, 3) uint8, diameters (N,) display px.
+        Drawn lightest-first (``order``: indices, e.g. ascending weight) so heavy points stay on top."""
+        pts = self._xy(xy)
+        cols = np.asarray(colors)
+        d = np.broadcast_to(np.asarray(diameters, dtype=np.float64), (len(pts),))
+        idx = range(len(pts)) if order is None else order
+        out = _rgb(outline) if outline is not None else None
+        for i in idx:
+            x, y = pts[i]
+            if not (np.isfinite(x) and np.isfinite(y)):
+                continue
+            r = d[i] / 2
+            self.draw.ellipse([x - r, y - r, x + r, y + r], fill=_rgb(cols[i]), outline=out, width=1)
+
+    def cross(self, xy, size: float = 14.0, color=REFERENCE_COLOR, width: int = 3) -> None:
+        """The reference point: a '+' with a dark outline."""
+        for x, y in self._xy(xy):
+            r = size / 2
+            for col, wd in ((OUTLINE_COLOR, width + 2), (color, width)):
+                self.draw.line([x - r, y, x + r, y], fill=_rgb(col), width=wd)
+                self.draw.line([x, y - r, x, y + r], fill=_rgb(col), width=wd)
+
+    def box(self, xyxy, color=BOX_COLOR, width: int = 2, label: str | None = None, dashed: bool = False) -> None:
+        """An xyxy box (image px) with a dark halo and an optional label above it."""
+        x0, y0, x1, y1 = ((np.asarray(xyxy, dtype=np.float64) - np.tile(self.origin, 2)) * self.scale).tolist()
+        if dashed:
+            self._dashed_rect(x0, y0, x1, y1, color, width)
+        else:
+            self.draw.rectangle([x0 - 1, y0 - 1, x1 + 1, y1 + 1], outline=_rgb(OUTLINE_COLOR), width=width + 2)
+            self.draw.rectangle([x0, y0, x1, y1], outline=_rgb(color), width=width)
+        if label:
+            self.label(x0, y0, label)
+
+    def _dashed_rect(self, x0, y0, x1, y1, color, width, dash: float = 6.0) -> None:
+        for a, b in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)), ((x1, y1), (x0, y1)), ((x0, y1), (x0, y0))):
+            a, b = np.array(a), np.array(b)
+            n = max(int(np.linalg.norm(b - a) / dash), 1)
+            for k in range(0, n, 2):
+                p, q = a + (b - a) * k / n, a + (b - a) * min(k + 1, n) / n
+                self.draw.line([tuple(p), tuple(q)], fill=_rgb(color), width=width)
+
+    def label(self, x: float, y: float, text: str) -> None:
+        """Text on a dark background, its lower-left corner at display point (x, y)."""
+        font = ImageFont.load_default()
+        l, t, r, b = self.draw.textbbox((0, 0), text, font=font)
+        y = max(y - (b - t) - 4, 0)
+        self.draw.rectangle([x, y, x + (r - l) + 4, y + (b - t) + 4], fill=(0, 0, 0))
+        self.draw.text((x + 2 - l, y + 2 - t), text, fill=(255, 255, 255), font=font)
+
+    def lines(self, start, end, colors, width: int = 1, head: float = 0.0) -> None:
+        """Segments start (N, 2) -> end (N, 2) in image px; ``head`` > 0 adds arrow heads (display px)."""
+        s, e = self._xy(start), self._xy(end)
+        cols = np.asarray(colors)
+        for i in range(len(s)):
+            c = _rgb(cols[i] if cols.ndim > 1 else cols)
+            self.draw.line([tuple(s[i]), tuple(e[i])], fill=c, width=width)
+            v = e[i] - s[i]
+            n = np.linalg.norm(v)
+            if head > 0 and n > 1e-6:
+                u = v / n
+                p = np.array([-u[1], u[0]])
+                tip = e[i]
+                self.draw.polygon([tuple(tip), tuple(tip - u * head + p * head * 0.5),
+                                   tuple(tip - u * head - p * head * 0.5)], fill=c)
+
+    def polyline(self, xy, color, width: int = 2) -> None:
+        pts = [tuple(p) for p in self._xy(xy)]
+        if len(pts) > 1:
+            self.draw.line(pts, fill=_rgb(color), width=width)
+
+    def grid(self, xs, ys, color=(255, 255, 255), alpha: float = 0.35) -> None:
+        """Cell boundaries: vertical lines at xs, horizontal at ys (image px), translucent."""
+        overlay = Image.new("RGBA", self.im.size, (0, 0, 0, 0))
+        d = ImageDraw.Draw(overlay)
+        rgba = (*_rgb(color), int(255 * alpha))
+        xs = (np.asarray(xs, dtype=np.float64) - self.origin[0]) * self.scale
+        ys = (np.asarray(ys, dtype=np.float64) - self.origin[1]) * self.scale
+        x0, x1, y0, y1 = float(xs[0]), float(xs[-1]), float(ys[0]), float(ys[-1])
+        for x in xs:
+            d.line([(x, y0), (x, y1)], fill=rgba, width=1)
+        for y in ys:
+            d.line([(x0, y), (x1, y)], fill=rgba, width=1)
+        self.im = Image.alpha_composite(self.im.convert("RGBA"), overlay).convert("RGB")
+        self.draw = ImageDraw.Draw(self.im)
+
+    def heat(self, density: np.ndarray, cmap: str, alpha: float = 0.7, vmax: float | None = None) -> None:
+        """Blend a (h', w') non-negative map stretched over the whole image: colour from
+        ``cmap``, opacity growing with the value so that zero leaves the image visible."""
+        d = np.asarray(density, dtype=np.float64)
+        top = float(vmax if vmax is not None else (d.max() if d.size else 0.0))
+        norm = np.clip(d / top, 0.0, 1.0) if top > 0 else np.zeros_like(d)
+        rgb = colormap_rgb(norm, 0.0, 1.0, cmap)  # (h', w', 3)
+        a = (np.sqrt(norm) * alpha * 255).astype(np.uint8)
+        layer = Image.fromarray(np.dstack([rgb, a]), "RGBA")
+        if layer.size != self.im.size:
+            layer = layer.resize(self.im.size, Image.BILINEAR)
+        self.im = Image.alpha_composite(self.im.convert("RGBA"), layer).convert("RGB")
+        self.draw = ImageDraw.Draw(self.im)
+
+    def array(self) -> np.ndarray:
+        """(H, W, 3) uint8 display image."""
+        return np.asarray(self.im)
+
+
+def tile(tiles: list[np.ndarray], rows: int, cols: int, gap: int = 4) -> np.ndarray:
+    """Equal-sized (h, w, 3) pictures in a rows x cols mosaic on white, row-major."""
+    th = max(t.shape[0] for t in tiles)
+    tw = max(t.shape[1] for t in tiles)
+    out = np.full((rows * th + (rows - 1) * gap, cols * tw + (cols - 1) * gap, 3), 255, dtype=np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, cols)
+        out[r * (th + gap): r * (th + gap) + t.shape[0], c * (tw + gap): c * (tw + gap) + t.shape[1]] = t
+    return out
