@@ -36,7 +36,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_FILE_SIZE = "25mb"
 MAX_PIXELS = 50_000_000
 MODEL_EVENTS = dict(concurrency_id="model", concurrency_limit=1)  # one forward pass at a time
-GET_MODEL = f"""The default model {DEFAULT_CHECKPOINT.relative_to(ROOT)} is missing.
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+GET_MODEL = """The default model {path} is missing.
   - It ships with the repository: restore it (e.g. `git checkout -- examples/`), or
   - train one: `python -m ddetr.data.synthetic --out data/synthetic --train 5000 --val 500` then
     `python -m ddetr.train --coco-dir data/synthetic --preset small --out runs/small`, and start with
@@ -75,7 +84,7 @@ def startup_model(args) -> LoadedModel:
     if not path.exists():
         if args.checkpoint:
             raise SystemExit(f"--checkpoint {args.checkpoint}: no such file or folder")
-        raise SystemExit(GET_MODEL)
+        raise SystemExit(GET_MODEL.format(path=_shown(path)))
     try:
         model, report = load(path, device=args.device)
     except ValueError as e:
@@ -138,6 +147,10 @@ TABS = [
      "A head's habit (direction, distance, level) and its change with depth."),
     ("statistics", "Statistics", "Over all shown detections: mass per level against object size, each head's "
      "mean offset, attention entropy per head and layer, points outside the image."),
+    ("learn", "Learn", "New to deformable attention? This walks through Eq. 3 of the paper for the selected "
+     "query, one step at a time, with its real numbers: reference point, offsets, bilinear sampling, the "
+     "softmax over levels and points, the weighted sum, and what it saves over dense attention. "
+     "Tick a single head above to follow that head (default: the head of the heaviest point)."),
     ("gradients", "Gradients (Figure 5)", "The paper's Figure 5: how strongly the selected detection's box "
      "centre, size and class score depend on each input pixel (gradient norm). Compare with where it samples."),
 ]
@@ -172,7 +185,8 @@ def report_markdown(lm: LoadedModel) -> str:
 def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | None = None,
                checkpoints: dict[str, Path] | None = None, name: str | None = None,
                random_weights: bool = False, device: str = "cpu", max_sessions: int = 64,
-               max_bytes: int = 1 << 30, capture_bytes: float = 100e6, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
+               max_bytes: int = 1 << 30, capture_bytes: float = 100e6, max_pixels: int = MAX_PIXELS,
+               threshold: float = 0.3) -> gr.Blocks:
     """The explorer page for ``model`` (and ``report``, its ``LoadReport``).
 
     examples: {"synthetic": {name: path}, "photos": {...}}; checkpoints: the dropdown's
@@ -216,7 +230,7 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
                                                             label=group, columns=6, height=110, allow_preview=False,
                                                             buttons=[],
                                                             elem_id=f"gallery-{group}")))
-                threshold = gr.Slider(0.0, 1.0, value=0.3, step=0.01, label="Score threshold",
+                threshold = gr.Slider(0.0, 1.0, value=threshold, step=0.01, label="Score threshold",
                                       info="Detections scoring below it are hidden.", elem_id="threshold")
                 det_list = gr.Dropdown([], value=None, label="Detections", elem_id="det-list",
                                        info="Pick one to see where its query sampled, or click its box.")
@@ -260,7 +274,7 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
                     export_kind = gr.Radio(EXPORT_KINDS, value="png", label="What", elem_id="export-kind")
                     export_btn = gr.Button("Export", variant="primary", elem_id="export-btn")
                 export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
-                tab.select(guarded(h.show_tab), [gr.State("export"), key], [], api_name=False)
+                tab.select(guarded(h.leave_tabs), [key], [], api_name=False)
             with gr.Tab("Checkpoint", id="checkpoint") as tab:
                 gr.Markdown(CHECKPOINT_HELP, elem_classes="ddetr-help")
                 report_md = gr.Markdown(report_markdown(startup), elem_id="report")
@@ -295,6 +309,8 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
         api_btn.click(guarded(h.set_view), [*controls, key], out, api_name="set_view")
         api_btn.click(guarded(h.click), [x_in, y_in, key], out, api_name="click")
         api_btn.click(guarded(h.click_pixel), [x_in, y_in, key], out, api_name="click_pixel")
+        tab_in = gr.Textbox(visible=False)
+        api_btn.click(guarded(h.show_tab), [tab_in, key], [c for cs in tab_out.values() for c in cs], api_name="show_tab")
         export_btn.click(guarded(h.export), [export_kind, key], [export_file], api_name="export")
         grad_btn.click(guarded(h.gradients), [key], tab_out["gradients"], api_name="gradients",
                        show_progress="full", **MODEL_EVENTS)
@@ -328,9 +344,15 @@ class Handlers:
         x = self.x
         with x.timings.timer("render"):
             table, _ = x.table(s)
-            choices, value = x.detection_choices(s)
-            out = {self.key: s.key, self.det_image: x.detections_image(s), self.att_image: x.attention_image(s),
-                   self.det_list: gr.update(choices=choices, value=value), self.status: x.status(s, table)}
+            out = {self.key: s.key, self.att_image: x.attention_image(s), self.status: x.status(s, table)}
+            # The detections picture depends on the threshold and the selection only: a change of
+            # layer / heads / levels / colours leaves it (and the list) as the browser has it.
+            shown = (id(s.capture), s.view.threshold, s.target)
+            if s.cache.get("detections_shown") != shown:
+                choices, value = x.detection_choices(s)
+                out[self.det_image] = x.detections_image(s)
+                out[self.det_list] = gr.update(choices=choices, value=value)
+                s.cache["detections_shown"] = shown
             if s.active_tab in self.tabs:
                 out.update(zip(self.tabs[s.active_tab], x.tab(s, s.active_tab)))
         return out
@@ -408,13 +430,22 @@ class Handlers:
             return self.render(s)
 
     def show_tab(self, tab_id, key):
+        """Draw a figure tab when it comes on screen; it is then kept current on every change."""
+        if tab_id not in self.tabs:
+            raise UserError(f"unknown tab {tab_id!r}; tabs: {', '.join(self.tabs)}")
         s = self.x.store.get(key)
         if s is not None:
             s.active_tab = tab_id
-        if s is None or s.capture is None or tab_id not in self.tabs:
-            return [gr.skip()] * len(self.tabs.get(tab_id, []))
+        if s is None or s.capture is None:
+            return {c: gr.skip() for c in self.tabs[tab_id]}
         with s.lock:
-            return list(self.x.tab(s, tab_id))
+            return dict(zip(self.tabs[tab_id], self.x.tab(s, tab_id)))
+
+    def leave_tabs(self, key):
+        """A tab without figures (Export) is on screen: changes of view need not draw any tab."""
+        s = self.x.store.get(key)
+        if s is not None:
+            s.active_tab = ""
 
     # ---- files ----
     def export(self, kind, key):
@@ -470,7 +501,7 @@ def launch_kwargs(args=None, **overrides) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Deformable DETR Explorer (Gradio)")
     ap.add_argument("--checkpoint", help="checkpoint to load (official .pth, transformers folder, ours .safetensors); "
-                                         f"default {DEFAULT_CHECKPOINT.relative_to(ROOT)}")
+                                         f"default {_shown(DEFAULT_CHECKPOINT)}")
     ap.add_argument("--checkpoint-dir", help="offer the checkpoints found in this folder in a dropdown")
     ap.add_argument("--random-weights", action="store_true",
                     help="start with a randomly initialized `small` model (clearly labelled) instead of a checkpoint")

@@ -485,8 +485,11 @@ class Explorer:
 
     def detections_image(self, s: Session) -> np.ndarray:
         """The image with the shown detections' boxes and labels; the selection highlighted."""
+        from viz.detections_view import render_detections
+
         with self.timings.timer("render_detections"):
-            return draw_detections(s.capture, self.visible(s), s.target, self.scale(s))
+            scale = self.scale(s)
+            return mark_selection(render_detections(s.capture, s.view.threshold, scale), s.capture, s.target, scale)
 
     def attention_image(self, s: Session) -> np.ndarray:
         from viz.query_view import table_raster
@@ -579,6 +582,25 @@ class Explorer:
             from viz.stats import stats_figure
 
             return ("", stats_figure(c, threshold=v.threshold, layer=self.selection(s, "decoder").layer))
+        if tab_id == "learn":
+            from viz.lesson import lesson, lesson_markdown
+            from viz.lesson_view import lesson_figure
+
+            if q is None:
+                return (need_query, None)
+            layer = self.selection(s, "decoder").layer
+            head = v.heads[0] if v.heads is not None and len(v.heads) == 1 else None
+            return (lesson_markdown(lesson(c, q, layer, head)), lesson_figure(c, q, layer, head))
+        if tab_id == "gradients":
+            from viz.gradients import gradient_figure
+
+            if q is None:
+                return (need_query, None)
+            grads = s.cache.get(("gradients", q))
+            if grads is None:
+                return ("*Press the button to compute the gradients of this detection (one forward and five "
+                        "backward passes through the model).*", None)
+            return ("", gradient_figure(c.image, grads))
         if tab_id == "checkpoint":
             return (self.diagnostics(s), "```text\n" + c.summary() + "\n```")
         raise KeyError(f"unknown tab {tab_id!r}")
@@ -613,14 +635,40 @@ class Explorer:
             s.cache["diagnostics"] = Diagnostics(list(lm.param_findings) + findings, notes)
         return s.cache["diagnostics"].to_markdown()
 
+    def html_page(self, s: Session, table, sel):
+        """One self-contained interactive page of the current state (``viz.html_report``)."""
+        from viz.detections_view import detections_figure
+        from viz.html_report import HtmlReport
+        from viz.query_view import table_figure
+
+        c, q = s.capture, self.query(s)
+        page = HtmlReport(f"Deformable DETR Explorer: {s.image_name}")
+        page.text(f"model: {self.model_of(s).report.source if self.model_of(s).report else s.model_name}\n"
+                  + c.summary(), pre=True)
+        page.heading("Current view")
+        page.figure(table_figure(c, table, sel))
+        page.heading("Detections")
+        page.figure(detections_figure(c, s.view.threshold))
+        if q is not None:
+            for tab_id, title in (("trajectory", "Refinement trajectory"), ("grid", "Layer x head grid"),
+                                  ("learn", "Learn: this query step by step")):
+                note, fig = self.tab(s, tab_id)
+                if fig is not None:
+                    page.open(title)
+                    if tab_id == "learn":
+                        page.markdown(note)
+                    page.figure(fig)
+                    page.close()
+        return page
+
     # ---- files ----
     def export(self, s: Session, kind: str) -> Path:
         """Write the current view (png / svg), the interactive page (html) or the capture (npz)
         into a fresh folder of the server's export directory; returns the file."""
         import tempfile
 
-        from viz.export import save_figure, save_plotly
-        from viz.query_view import table_figure, table_figure_mpl
+        from viz.export import save_figure
+        from viz.query_view import table_figure_mpl
 
         stem = Path(s.image_name).stem or "image"
         out = Path(tempfile.mkdtemp(dir=self.export_dir))
@@ -637,24 +685,21 @@ class Explorer:
             if kind in ("png", "svg"):
                 return save_figure(table_figure_mpl(s.capture, table, sel), out / f"{what}.{kind}")[0]
             if kind == "html":
-                return save_plotly(table_figure(s.capture, table, sel), out / f"{what}.html")
+                return self.html_page(s, table, sel).write(out / f"{what}.html")
         raise UserError(f"unknown export {kind!r}; choose png, svg, html or capture")
 
 
-def draw_detections(capture, shown: list[tuple[int, int]], target, scale: float) -> np.ndarray:
-    """Adapter (viz has no detections picture yet): boxes and labels with viz's raster and style."""
+def mark_selection(picture: np.ndarray, capture, target, scale: float) -> np.ndarray:
+    """Adapter: ``viz.detections_view.render_detections`` draws every shown detection but not
+    which one is selected; this rings the selected box / marks the clicked pixel on top."""
     from viz.raster import Raster
-    from viz.style import BOX_COLOR, REFERENCE_COLOR, SELECTED_COLOR
+    from viz.style import REFERENCE_COLOR, SELECTED_COLOR
 
-    r = Raster(capture.image, scale)
-    det = capture.detections
-    sel = target[1] if target and target[0] == "detection" else None
-    for i, _q in reversed(shown):  # best drawn last, on top
-        if i != sel:
-            r.box(det.boxes[i].tolist(), color=BOX_COLOR, width=2, label=f"{det.label_names[i]} {float(det.scores[i]):.2f}")
-    if sel is not None:
-        r.box(det.boxes[sel].tolist(), color=SELECTED_COLOR, width=3,
-              label=f"#{sel} {det.label_names[sel]} {float(det.scores[sel]):.2f}")
-    if target and target[0] == "pixel":
-        r.cross([target[1]], color=REFERENCE_COLOR)
+    if not target:
+        return picture
+    r = Raster(picture, 1.0)  # already at display size: draw in display pixels
+    if target[0] == "detection":
+        r.box((capture.detections.boxes[target[1]].numpy() * scale).tolist(), color=SELECTED_COLOR, width=4)
+    else:
+        r.cross([np.asarray(target[1]) * scale], color=REFERENCE_COLOR)
     return r.array()

@@ -163,7 +163,10 @@ def _layers(spec, n: int, what: str) -> list[int]:
 
 
 def _timed(hook):
-    """Adds the time a hook spends on the opening thread to ``session.seconds``."""
+    """Runs a hook only on the thread that opened the session, adding its time to
+    ``session.seconds``. Hooks take ``*rest``: PyTorch snapshots a module's hooks before
+    calling them, so a session closed by another thread mid-forward may still be called
+    once, possibly without the kwargs flag it was registered with."""
 
     def wrapper(self, *args, **kwargs):
         if not self._mine():
@@ -236,14 +239,9 @@ class CaptureSession:
     def _mine(self) -> bool:
         return threading.get_ident() == self._thread
 
-    # --- hooks ---
-    # Each hook first checks the calling thread and takes *rest: PyTorch snapshots a module's
-    # hooks before calling them, so a session closed by another thread mid-forward may still
-    # be called once, possibly without the kwargs flag it was registered with.
+    # --- hooks (each wrapped by _timed: opening thread only) ---
     @_timed
     def _on_model_start(self, module, args, kwargs=None):
-        if not self._mine():
-            return
         kwargs = kwargs or {}
         images = args[0] if args else kwargs["images"]
         mask = args[1] if len(args) > 1 else kwargs["mask"]
@@ -251,7 +249,7 @@ class CaptureSession:
 
     @_timed
     def _on_encoder_start(self, module, args):
-        if not self._mine() or self._pass is None:
+        if self._pass is None:
             return
         p = self._pass
         src, shapes, lsi, _vr, _pos, padding_mask = args
@@ -265,6 +263,9 @@ class CaptureSession:
             n_sel = min(Q, cfg.top_k)
         else:
             n_sel = len(self.queries)
+            bad = [q for q in self.queries if not 0 <= q < Q]
+            if bad:
+                raise ValueError(f"capture(queries=...) asks for queries {bad}; the model has queries 0..{Q - 1}")
         if p.batch is not None:
             pixels = max(h * w for h, w in p.batch.orig_sizes)
         else:
@@ -278,7 +279,7 @@ class CaptureSession:
 
     @_timed
     def _on_core(self, part, i, module, args, *rest):
-        if not self._mine() or self._pass is None or self._pass.plan is None:
+        if self._pass is None or self._pass.plan is None:
             return
         p, kwargs = self._pass, (rest[0] if len(rest) == 2 else {})
         if i not in (p.plan.encoder if part == "enc" else p.plan.decoder):
@@ -295,7 +296,7 @@ class CaptureSession:
 
     @_timed
     def _on_self_attn(self, i, module, args, *rest):
-        if not self._mine() or self._pass is None or self._pass.plan is None:
+        if self._pass is None or self._pass.plan is None:
             return
         p, kwargs = self._pass, (rest[0] if len(rest) == 2 else {})
         if i not in p.plan.self_attention:
@@ -306,8 +307,6 @@ class CaptureSession:
 
     @_timed
     def _on_model_end(self, module, args, *rest):
-        if not self._mine():
-            return
         p, self._pass, output = self._pass, None, rest[-1]
         if p is None or p.plan is None:
             return
@@ -363,9 +362,7 @@ def _build_captures(session: CaptureSession, p: _Pass, out, call: int) -> list["
         elif session.queries == "detections":
             qsel = np.unique(_np(dets[b].query_index))
         else:
-            qsel = np.asarray(session.queries, dtype=np.int64)
-            if qsel.size and (qsel.min() < 0 or qsel.max() >= Q):
-                raise ValueError(f"queries {session.queries} outside 0..{Q - 1}")
+            qsel = np.unique(np.asarray(session.queries, dtype=np.int64))  # checked at encoder start
         qsel_t = None if len(qsel) == Q and (qsel == np.arange(Q)).all() else torch.as_tensor(qsel)
 
         def rows(t, dim=0):  # the selected queries of one image's tensor
@@ -397,6 +394,9 @@ def _build_captures(session: CaptureSession, p: _Pass, out, call: int) -> list["
         geometry = Geometry(_np(p.spatial_shapes), _np(out.valid_ratios[b].float()), sizes[b],
                             tuple(p.images.shape[-2:]), orig_sizes[b], strides)
         left_out = list(plan.left_out)
+        for part, asked in (("encoder", session.encoder), ("decoder", session.decoder)):
+            if not asked:
+                left_out.append(f"{part} sampling: not requested ({part}=False)")
         if len(qsel) < Q and (p.dec or p.self_attn):
             left_out.append(f"decoder sampling of {Q - len(qsel)} of {Q} queries (queries={session.queries!r})")
         meta = {

@@ -186,6 +186,15 @@ class Capture:
         return list(self.meta["decoder_layers"])
 
     @property
+    def levels(self) -> list[dict]:
+        """Per level: index, padded size (height, width), valid size, stride, first token."""
+        g = self.geometry
+        vh = np.round(g.valid_wh[:, ::-1]).astype(int)
+        return [{"level": lvl, "height": int(H), "width": int(W), "valid_height": int(vh[lvl, 0]),
+                 "valid_width": int(vh[lvl, 1]), "stride": g.strides[lvl], "start": int(g.level_start_index[lvl])}
+                for lvl, (H, W) in enumerate(g.spatial_shapes.tolist())]
+
+    @property
     def class_names(self) -> list[str]:
         return list(self.meta["class_names"])
 
@@ -271,21 +280,22 @@ class Capture:
         return out
 
     def trajectory(self, query: int) -> dict[str, np.ndarray]:
-        """Refinement trajectory of one query over the decoder layers D:
-        references (D, 2|4) each layer's input reference in image pixels (point or cxcywh box),
-        boxes (D, 4) each layer's output box xyxy in image pixels, scores / labels (D,)."""
+        """Refinement trajectory of one query over the D decoder layers, in image pixels:
+        reference_points (D, 2) the centre of each layer's input reference; reference_boxes
+        (D, 4) cxcywh of that reference when it is a box, NaN while it is a point; boxes (D, 4)
+        each layer's output box xyxy; scores, labels (D,) its top class per layer."""
         D, g = self.meta["dec_layers"], self.geometry
-        wh = g.orig_wh
-        refs, boxes, scores, labels = [], [], [], []
+        wh4 = np.tile(g.orig_wh, 2)
+        ref_boxes = np.full((D, 4), np.nan)
+        boxes, scores, labels = np.zeros((D, 4)), np.zeros(D), np.zeros(D, dtype=np.int64)
         for i in range(D):
             r = self.arrays[f"layer/{i}/reference"][query].astype(np.float64)
-            refs.append(r * (np.tile(wh, 2) if r.shape[-1] == 4 else wh))
-            boxes.append(g.box_to_image(self.arrays[f"layer/{i}/boxes"][query]))
+            ref_boxes[i, : r.shape[-1]] = r * wh4[: r.shape[-1]]
+            boxes[i] = g.box_to_image(self.arrays[f"layer/{i}/boxes"][query])
             s = 1 / (1 + np.exp(-self.arrays[f"layer/{i}/logits"][query].astype(np.float64)))
-            scores.append(s.max())
-            labels.append(s.argmax())
-        return {"references": np.stack(refs) if len({r.shape for r in refs}) == 1 else refs,
-                "boxes": np.stack(boxes), "scores": np.array(scores), "labels": np.array(labels)}
+            scores[i], labels[i] = s.max(), s.argmax()
+        return {"reference_points": ref_boxes[:, :2].copy(), "reference_boxes": ref_boxes,
+                "boxes": boxes, "scores": scores, "labels": labels}
 
     def summary(self) -> str:
         """What was stored, what was left out and why, and the size."""

@@ -128,17 +128,18 @@ def _torch_load(path: Path):
         ) from None
 
 
-def _unwrap(obj, path: Path, notes: list[str]) -> tuple[dict, argparse.Namespace | None]:
-    """(state dict, args) from whatever torch.load returned."""
+def _unwrap(obj, path: Path, notes: list[str]) -> tuple[dict, argparse.Namespace | None, dict | None]:
+    """(state dict, official args, our config dict) from whatever torch.load returned; the
+    config dict is what ``ddetr.train`` stores in its resumable training state."""
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
-    args = None
+    args = config = None
     for wrapper in ("model", "state_dict"):
         if isinstance(obj.get(wrapper), dict):
-            rest = sorted(str(k) for k in obj if k not in (wrapper, "args"))
+            rest = sorted(str(k) for k in obj if k not in (wrapper, "args", "config"))
             if rest:  # the official file also holds optimizer / lr_scheduler / epoch
-                notes.append(f"read {wrapper!r} (and 'args') of the file; not used: {', '.join(rest)}")
-            args = obj.get("args")
+                notes.append(f"read {wrapper!r} of the file; not used: {', '.join(rest)}")
+            args, config = obj.get("args"), obj.get("config")
             obj = obj[wrapper]
             break
     if isinstance(args, dict):
@@ -146,7 +147,7 @@ def _unwrap(obj, path: Path, notes: list[str]) -> tuple[dict, argparse.Namespace
     elif args is not None and not isinstance(args, argparse.Namespace):
         notes.append(f"ignored args of type {type(args).__name__}")
         args = None
-    return obj, args
+    return obj, args, config if isinstance(config, dict) else None
 
 
 def _clean(sd: dict, notes: list[str]) -> dict[str, torch.Tensor]:
@@ -335,11 +336,11 @@ def _read_any(path: Path, variant: str | None, notes: list[str]):
             path = found[0]
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty (0 bytes)")
-    args, meta = None, {}
+    args, config, meta = None, None, {}
     if _sniff_safetensors(path):
         sd, meta = _read_safetensors(path)
     else:
-        sd, args = _unwrap(_torch_load(path), path, notes)
+        sd, args, config = _unwrap(_torch_load(path), path, notes)
     if meta.get("format") == "ddetr":
         if meta.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: ddetr format version {meta.get('format_version')!r}; this code reads {FORMAT_VERSION!r}")
@@ -356,6 +357,8 @@ def _read_any(path: Path, variant: str | None, notes: list[str]):
     if hf.is_hf_state_dict(sd):
         return hf.build_config(sd, hf_cfg, hf_pre, variant, notes)
     if official.looks_official(sd):
+        if config is not None:  # a ddetr.train state: our whole config rides along
+            return "official", DDETRConfig.from_dict(config), sd, "checkpoint config"
         return official.build_config(sd, args, variant, notes)
     hint = ""
     if hf.is_hf_base_model(sd):

@@ -327,7 +327,10 @@ def hf_config_dict(cfg) -> dict:
         with_box_refine=cfg.with_box_refine,
         two_stage=cfg.two_stage,
         dilation=cfg.dilation,
+        # Official: one dropout rate for residual, attention and FFN activations alike.
         dropout=cfg.dropout,
+        attention_dropout=cfg.dropout,
+        activation_dropout=cfg.dropout,
         # Without refinement every layer's head is one module (official); with it, they differ.
         tie_word_embeddings=not cfg.with_box_refine,
         id2label={str(i): n for i, n in enumerate(cfg.class_names)},

@@ -79,13 +79,13 @@ def evaluate(model: torch.nn.Module, data: CocoDetection | str | Path, split: st
     Returns the 12 COCO stats by name (AP, AP50, ..., ARl); see `ddetr.coco_eval.STAT_NAMES`.
     """
     dataset = data if isinstance(data, CocoDetection) else CocoDetection(data, split)
-    ids, detections = predict_dataset(model, dataset, batch_size, min_size, max_size,
-                                      max_images, workers, progress)
     if model.cfg.num_classes != dataset.num_classes:
         # Labels are category ids (ddetr.data.coco): a model trained on other classes would be
         # scored against the wrong names without any error, so say so.
         print(f"warning: the model has {model.cfg.num_classes} classes, {dataset!r} has "
               f"{dataset.num_classes}; labels are read as category ids", file=sys.stderr)
+    ids, detections = predict_dataset(model, dataset, batch_size, min_size, max_size,
+                                      max_images, workers, progress)
     known = set(dataset.coco.getCatIds())
     results = [r for r in detections_to_coco(ids, detections) if r["category_id"] in known]
     result: CocoEvalResult = evaluate_results(dataset.coco, results, image_ids=ids)

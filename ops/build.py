@@ -195,7 +195,7 @@ def forget_failures(root: Path | None = None) -> None:
         marker.unlink(missing_ok=True)
 
 
-def load_kernel(kind: str, root: Path | None = None, retry_failed: bool = False) -> BuildResult:
+def load_kernel(kind: str, root: Path | None = None) -> BuildResult:
     """Builds ``kind`` ("cpu" or "cuda") if needed and loads it into this process."""
     root = Path(root) if root is not None else default_build_root()
     out_dir = _build_dir(kind, root)
@@ -206,8 +206,6 @@ def load_kernel(kind: str, root: Path | None = None, retry_failed: bool = False)
         if why is not None:
             return BuildResult(kind, False, why)
         with _lock(out_dir.with_suffix(".lock")):
-            if retry_failed and failed.exists():
-                failed.unlink()
             if failed.exists():
                 return BuildResult(kind, False, failed.read_text().splitlines()[0])
             if not lib.exists():

@@ -10,6 +10,8 @@ kernel (warning once, at import, about which implementation runs and why).
 from __future__ import annotations
 
 import warnings
+import weakref
+from collections import deque
 
 import torch
 
@@ -107,6 +109,8 @@ def _check_arguments(value, spatial_shapes, level_start_index, sampling_location
     if torch.compiler.is_compiling() or spatial_shapes.device.type == "meta" or isinstance(
             spatial_shapes, torch._subclasses.FakeTensor):
         return  # values are unknown while tracing; the kernels bound every index by Lv
+    if _layout_checked_before(spatial_shapes, level_start_index, Lv):
+        return
     # One small device-to-host copy (a synchronization on CUDA) to check the level layout.
     hw_starts = torch.cat([spatial_shapes.flatten(), level_start_index]).tolist()
     shapes, starts = hw_starts[:2 * L], hw_starts[2 * L:]
@@ -123,6 +127,20 @@ def _check_arguments(value, spatial_shapes, level_start_index, sampling_location
     if total != Lv:
         raise ValueError(f"ms_deform_attn: spatial_shapes describe sum(H * W) = {total} tokens but "
                          f"value has Lv = {Lv} (value.shape[1])")
+    _CHECKED_LAYOUTS.append((weakref.ref(spatial_shapes), spatial_shapes._version,
+                             weakref.ref(level_start_index), level_start_index._version, Lv))
+
+
+# Level layouts already validated, so that a model passing the same index tensors to all its
+# layers synchronizes with the GPU once per forward, not once per layer. Weak references: a
+# live tensor's identity cannot be reused, and an in-place change bumps its _version.
+_CHECKED_LAYOUTS: deque = deque(maxlen=8)
+
+
+def _layout_checked_before(spatial_shapes, level_start_index, Lv) -> bool:
+    return any(ss() is spatial_shapes and ss_v == spatial_shapes._version
+               and lsi() is level_start_index and lsi_v == level_start_index._version and lv == Lv
+               for ss, ss_v, lsi, lsi_v, lv in _CHECKED_LAYOUTS)
 
 
 def ms_deform_attn(

@@ -111,7 +111,10 @@ def test_detections_and_trajectory_match_predict():
         traj = c.trajectory(q)
         h0, w0 = c.image.shape[:2]
         np.testing.assert_allclose(traj["boxes"][-1], d.boxes[0].numpy(), rtol=1e-5, atol=1e-3)
-        assert traj["boxes"].shape == (2, 4)
+        assert traj["boxes"].shape == (2, 4) and traj["reference_boxes"].shape == (2, 4)
+        # two-stage: layer 0 starts from the proposal that became this query
+        prop = c.arrays["proposals/boxes"][c.arrays["proposals/index"][q]]
+        np.testing.assert_allclose(traj["reference_boxes"][0], prop * [w0, h0, w0, h0], rtol=1e-5, atol=1e-3)
         # The capture's boxes per layer are the model's (call 1 recorded the same forward again).
         np.testing.assert_allclose(c.arrays["layer/0/boxes"], out.aux[0].boxes[i].numpy())
         np.testing.assert_allclose(c.decoder_points(1, q)["box_image_px"], d.boxes[0].numpy(), rtol=1e-5, atol=1e-3)
@@ -321,6 +324,9 @@ def test_budget_leaves_out_and_says_so():
     c = cap.last
     assert c.encoder_layers == [1] and c.decoder_layers == [0, 1]
     assert c.nbytes <= full.nbytes - enc0 // 2
+    lv = c.levels
+    assert [x["stride"] for x in lv] == [8, 16, 32, 64] and lv[0]["start"] == 0
+    assert (lv[0]["valid_height"], lv[0]["valid_width"]) == (lv[0]["height"], lv[0]["width"]) == (12, 20)
     assert any("encoder layer 0" in s for s in c.left_out) and "encoder layer 0" in c.summary()
     with pytest.raises(KeyError, match="max_bytes"):
         c.encoder_points(0, 10, 10)
@@ -347,6 +353,7 @@ def test_query_and_layer_selection():
     qi = s.arrays["dec/query_index"]
     assert np.array_equal(qi, np.unique(dets[0].query_index.numpy()))
     assert s.encoder_layers == [] and s.decoder_layers == [1]
+    assert "encoder sampling: not requested (encoder=False)" in s.left_out
     assert np.array_equal(s.arrays["dec/1/offsets"], f.arrays["dec/1/offsets"][qi])
     assert np.array_equal(s.arrays["dec/1/self_attention"], f.arrays["dec/1/self_attention"][:, qi])
     missing = sorted(set(range(20)) - set(qi.tolist()))
@@ -380,6 +387,9 @@ def test_bad_arguments_are_explained():
         capture(model, encoder=[7])
     with pytest.raises(ValueError, match="queries"):
         capture(model, queries="all of them")
+    with pytest.raises(ValueError, match="queries \\[25\\]"), capture(model, queries=[1, 25]):
+        model.predict(IMG_C)
+    assert _no_hooks(model)
     with pytest.raises(TypeError, match="DeformableDETR"):
         capture(torch.nn.Linear(2, 2))
 

@@ -155,6 +155,17 @@ def test_official_save_matches_official_layout(tmp_path):
     assert obj["args"].with_box_refine and obj["args"].num_feature_levels == 4 and obj["args"].nheads == 8
 
 
+def test_training_state_with_our_config(tmp_path):
+    """ddetr.train's resumable state: {'model', 'optimizer', ..., 'config': cfg.to_dict()}."""
+    cfg = ddetr.preset("small", enc_layers=1, dec_layers=2, backbone_blocks=(1, 1, 1, 1), num_classes=3,
+                       class_names=("N/A", "disk", "box"))
+    model = randomize(ddetr.build_model(cfg))
+    torch.save({"model": model.state_dict(), "epoch": 3, "config": cfg.to_dict()}, tmp_path / "state.pth")
+    loaded, report = ck.load(tmp_path / "state.pth")
+    assert loaded.cfg.to_dict() == cfg.to_dict() and report.label_source == "checkpoint config"
+    assert_same_state(model, loaded)
+
+
 def test_bare_state_dict_is_read_off_the_tensors(tmp_path):
     model = randomize(ddetr.build_model(tiny("multi_scale", n_points=3, num_classes=5)))
     torch.save(model.state_dict(), tmp_path / "bare.pth")

@@ -5,7 +5,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss as tv_focal
 
 from ddetr.criterion import SetCriterion, average_num_boxes, sigmoid_focal_loss
@@ -133,7 +132,35 @@ def _num_boxes_worker(rank, world, init_file, result_file):
 
 def test_num_boxes_is_averaged_over_workers():
     with tempfile.TemporaryDirectory() as d:
-        torch.multiprocessing.spawn(_num_boxes_worker, args=(2, os.path.join(d, "init"), os.path.join(d, "n")),
-                                    nprocs=2)
+        # fork: no re-import of torch in the children (no CUDA is initialised in this test process)
+        torch.multiprocessing.start_processes(_num_boxes_worker, nprocs=2, start_method="fork",
+                                              args=(2, os.path.join(d, "init"), os.path.join(d, "n")))
         assert [torch.load(os.path.join(d, f"n.{r}")) for r in range(2)] == [4.0, 4.0]  # (3 + 5) / 2
     assert average_num_boxes([{"labels": torch.zeros(0)}], torch.device("cpu")) == 1.0  # clamped
+
+
+def test_total_decreases_when_overfitting_one_image():
+    from ddetr.config import preset
+    from ddetr.model import build_model
+
+    torch.manual_seed(0)
+    cfg = preset("small", num_classes=4, d_model=32, dim_feedforward=64, enc_layers=1, dec_layers=2,
+                 num_queries=10, backbone_width=8, backbone_blocks=(1, 1, 1, 1))
+    model = build_model(cfg)
+    gen = torch.Generator().manual_seed(8)
+    image = torch.rand(1, 3, 64, 80, generator=gen)
+    image[:, :, 10:40, 20:50] = 1.0  # a white square on noise
+    mask = torch.zeros(1, 64, 80, dtype=torch.bool)
+    targets = [{"labels": torch.tensor([2]), "boxes": torch.tensor([[35 / 80, 25 / 64, 30 / 80, 30 / 64]])}]
+    crit = SetCriterion(4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    totals = []
+    for _ in range(40):
+        losses = crit(model(image, mask), targets)
+        total = crit.weighted_total(losses)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        totals.append(total.item())
+    assert set(losses) >= {"loss_ce_0", "loss_ce_enc"}  # the small preset: aux + two-stage terms
+    assert totals[-1] < 0.5 * totals[0], totals

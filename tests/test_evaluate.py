@@ -88,3 +88,33 @@ def test_results_file_round_trip_and_bad_file(tmp_path):
     bad.write_text(json.dumps({"image_id": 1}))
     with pytest.raises(ValueError, match="JSON list"):
         load_results(bad, gt)
+
+
+def test_evaluate_cli_on_a_saved_model(tmp_path):
+    """python -m ddetr.evaluate: loads our format, writes stats and a valid results file; label 0
+    (no synthetic category) is never submitted; the size override does not stick to the model."""
+    from ddetr.checkpoint import save
+    from ddetr.config import preset
+    from ddetr.data.coco import CocoDetection
+    from ddetr.data.synthetic import SceneParams, write_dataset
+    from ddetr.evaluate import evaluate, main
+    from ddetr.model import build_model
+
+    root = write_dataset(tmp_path / "syn", {"val": 3}, seed=5, progress=False,
+                         params=SceneParams(min_size=96, max_size=128, max_objects=3))
+    data = CocoDetection(root, "val")
+    torch.manual_seed(0)
+    cfg = preset("small", num_classes=data.num_classes, class_names=tuple(data.class_names), d_model=32,
+                 dim_feedforward=64, enc_layers=1, dec_layers=2, num_queries=20, backbone_width=8,
+                 backbone_blocks=(1, 1, 1, 1), min_size=96, max_size=128)
+    model = build_model(cfg)
+    save(model, tmp_path / "m.safetensors")
+    assert main(["--checkpoint", str(tmp_path / "m.safetensors"), "--coco-dir", str(root), "--device", "cpu",
+                 "--out", str(tmp_path / "ev"), "--batch-size", "2", "--workers", "0"]) == 0
+    stats = json.loads((tmp_path / "ev" / "stats_val.json").read_text())
+    assert set(stats["stats"]) == set(STAT_NAMES) and stats["images"] == 3
+    results = load_results(tmp_path / "ev" / "results_val.json", data.coco)  # validates
+    assert results and {r["category_id"] for r in results} <= set(data.coco.getCatIds())
+    before = model.cfg
+    small = evaluate(model, data, min_size=64, max_size=96, progress=False)
+    assert model.cfg is before and set(small) == set(STAT_NAMES)

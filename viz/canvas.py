@@ -16,6 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
+from . import fastplot as fp
 from .style import PLOTLY_FONT, image_axes
 
 _CACHES: dict[int, tuple[weakref.ref, dict]] = {}
@@ -63,7 +64,7 @@ def image_size(image: np.ndarray) -> tuple[int, int]:
 def plotly_image(image: np.ndarray, xaxis: str = "x", yaxis: str = "y", opacity: float = 1.0,
                  cache_on: np.ndarray | None = None, key=None) -> go.Image:
     """The image as a trace whose pixel i spans [i, i + 1) on both axes."""
-    return go.Image(source=png_data_uri(image, cache_on, key), x0=0.5, y0=0.5, dx=1, dy=1, xaxis=xaxis, yaxis=yaxis,
+    return fp.Image(source=png_data_uri(image, cache_on, key), x0=0.5, y0=0.5, dx=1, dy=1, xaxis=xaxis, yaxis=yaxis,
                     hoverinfo="skip", opacity=opacity)
 
 
@@ -73,7 +74,7 @@ def plotly_image_at(image: np.ndarray, rect, xaxis: str = "x", yaxis: str = "y",
     x0, y0, x1, y1 = (float(v) for v in rect)
     h, w = image.shape[:2]
     dx, dy = (x1 - x0) / w, (y1 - y0) / h
-    return go.Image(source=png_data_uri(image, cache_on, key), x0=x0 + dx / 2, y0=y0 + dy / 2, dx=dx, dy=dy,
+    return fp.Image(source=png_data_uri(image, cache_on, key), x0=x0 + dx / 2, y0=y0 + dy / 2, dx=dx, dy=dy,
                     xaxis=xaxis, yaxis=yaxis, hoverinfo="skip")
 
 
@@ -147,41 +148,38 @@ def base_layout(title: str | None = None, width: int | None = None, height: int 
 
 # ----------------------------------------------------------------------------- matplotlib
 
-def mpl_image(ax, image: np.ndarray, alpha: float = 1.0) -> None:
-    """Draw ``image`` on ``ax`` in the image-pixel frame (and set up the axes for it)."""
-    w, h = image_size(image)
-    ax.imshow(image, extent=(0, w, h, 0), interpolation="antialiased", alpha=alpha, zorder=0)
+def mpl_image(ax, image: np.ndarray, alpha: float = 1.0, extent_of: np.ndarray | None = None) -> None:
+    """Draw ``image`` on ``ax`` in the image-pixel frame (and set up the axes for it);
+    ``extent_of``: stretch a smaller picture (a level's) over that image's extent, its
+    pixels kept sharp."""
+    w, h = image_size(image if extent_of is None else extent_of)
+    interp = "antialiased" if extent_of is None else "nearest"
+    ax.imshow(image, extent=(0, w, h, 0), interpolation=interp, alpha=alpha, zorder=0)
     image_axes(ax, w, h)
 
 
 # ----------------------------------------------------------------------------- level resolution
 
-def level_image(image: np.ndarray, geometry, level: int) -> np.ndarray:
-    """The image as level ``level`` resolves it: each feature cell's footprint filled with
-    the mean colour of the pixels it covers. (h, w, 3) uint8 -> (h, w, 3) uint8.
+def level_picture(image: np.ndarray, geometry, level: int) -> np.ndarray:
+    """The image as level ``level`` resolves it: one pixel per valid feature cell, the mean
+    colour of the image pixels the cell covers. (h, w, 3) uint8 -> (valid_h, valid_w, 3).
 
     Which cell covers a pixel is ``geometry.image_to_level`` of the pixel centre, the
-    model's own mapping (``ddetr.frames``). Cached per image and geometry.
+    model's own mapping (``ddetr.frames``); the picture spans the whole image, so draw it
+    with the image's extent. Cached per image and geometry.
     """
     key = ("level", level, geometry.spatial_shapes.tobytes(), geometry.valid_ratios.tobytes())
     cache = image_cache(image)
     if key not in cache:
-        cache[key] = _level_image(image, geometry, level)
+        w, h = image_size(image)
+        ix, iy = level_cells(geometry, level, w, h)
+        vw, vh = np.maximum(np.round(geometry.valid_wh[level]).astype(np.int64), 1)
+        cell = (iy[:, None] * vw + ix[None, :]).ravel()  # (h * w,) flat cell index
+        counts = np.maximum(np.bincount(cell, minlength=vw * vh), 1).astype(np.float64)
+        pic = np.stack([np.bincount(cell, weights=image[..., c].ravel().astype(np.float64), minlength=vw * vh) / counts
+                        for c in range(3)], -1)
+        cache[key] = np.round(pic).astype(np.uint8).reshape(vh, vw, 3)
     return cache[key]
-
-
-def _level_image(image: np.ndarray, geometry, level: int) -> np.ndarray:
-    w, h = image_size(image)
-    ix, iy = level_cells(geometry, level, w, h)
-    vw = int(ix.max()) + 1
-    cell = iy[:, None] * vw + ix[None, :]  # (h, w) flat cell index
-    n = int(cell.max()) + 1
-    counts = np.bincount(cell.ravel(), minlength=n).astype(np.float64)
-    out = np.empty_like(image)
-    for c in range(3):
-        mean = np.bincount(cell.ravel(), weights=image[..., c].ravel().astype(np.float64), minlength=n) / np.maximum(counts, 1)
-        out[..., c] = np.round(mean[cell]).astype(np.uint8)
-    return out
 
 
 def level_cells(geometry, level: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from . import fastplot as fp
 from . import canvas
 from .raster import Raster
 from .selection import detection_queries
-from .style import COLUMN_WIDTH, OUTLINE_COLOR, head_color, new_figure, paper
+from .style import COLUMN_WIDTH, OUTLINE_COLOR, SELECTED_COLOR, head_color, new_figure, paper
 
 
 def _dets(capture, threshold: float):
@@ -26,13 +27,13 @@ def detections_figure(capture, threshold: float = 0.5) -> go.Figure:
     for i, (b, s, n, q) in enumerate(zip(boxes, scores, names, queries)):
         x0, y0, x1, y1 = b.tolist()
         col = head_color(i)
-        data.append(go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines", name=f"{n} {s:.2f} (q{q})",
+        data.append(fp.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines", name=f"{n} {s:.2f} (q{q})",
                                line=dict(color=col, width=2), meta="detection", legendgroup=str(q),
                                hovertemplate=f"{n} {s:.3f}<br>query {q}<br>({x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}) px<extra></extra>"))
     ax, ay = canvas.image_axis_layout(w, h)
     layout = canvas.base_layout(f"{len(boxes)} detections ≥ {threshold}", height=520)
     layout.update(xaxis=ax, yaxis=ay)
-    return go.Figure(data=data, layout=layout)
+    return fp.Figure(data=data, layout=layout)
 
 
 def detections_figure_mpl(capture, threshold: float = 0.5):
@@ -54,9 +55,18 @@ def detections_figure_mpl(capture, threshold: float = 0.5):
     return fig
 
 
-def render_detections(capture, threshold: float = 0.5, scale: float | None = None) -> np.ndarray:
+def render_detections(capture, threshold: float = 0.5, scale: float | None = None,
+                      selected: int | None = None) -> np.ndarray:
+    """RGB: every detection >= threshold (best class per query) boxed and labelled;
+    ``selected`` (a detection index, drawn even below the threshold) thick, on top."""
     boxes, scores, names, _ = _dets(capture, threshold)
     r = Raster(capture.image, scale)
     for i, (b, s, n) in enumerate(zip(boxes, scores, names)):
         r.box(b, color=head_color(i), label=f"{n} {s:.2f}")
+    if selected is not None:
+        det = capture.detections
+        if not 0 <= selected < len(det):
+            raise IndexError(f"detection {selected} does not exist; there are {len(det)}")
+        r.box(det.boxes[selected].numpy(), color=SELECTED_COLOR, width=4,
+              label=f"{det.label_names[selected]} {float(det.scores[selected]):.2f}")
     return r.array()

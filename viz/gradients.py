@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from . import fastplot as fp
 from . import canvas
 from .raster import Raster
 from .style import GRAD_CMAP, OUTLINE_COLOR, TEXT_WIDTH, new_figure, paper
@@ -59,14 +60,14 @@ def gradient_figure(image: np.ndarray, grads: dict, max_side: int = 200) -> go.F
     for q, (xn, yn) in zip(QUANTITIES, names):
         raw = grads[q][:hh, :ww].reshape(hh // f, f, ww // f, f).mean((1, 3))
         data.append(canvas.plotly_image(image, xn, yn, opacity=0.5))
-        data.append(go.Heatmap(z=normalized(raw), customdata=raw, x0=f / 2, dx=f, y0=f / 2, dy=f, xaxis=xn, yaxis=yn,
+        data.append(fp.Heatmap(z=normalized(raw), customdata=raw, x0=f / 2, dx=f, y0=f / 2, dy=f, xaxis=xn, yaxis=yn,
                                colorscale=GRAD_CMAP.capitalize(), zmin=0, zmax=1, opacity=0.8, showscale=False, meta=q,
                                hovertemplate=f"‖∂{q}/∂pixel‖ = %{{customdata:.3g}}<extra></extra>"))
-        data.append(go.Scatter(x=bx, y=by, mode="lines", line=dict(color="white", width=1.5), xaxis=xn, yaxis=yn,
+        data.append(fp.Scatter(x=bx, y=by, mode="lines", line=dict(color="white", width=1.5), xaxis=xn, yaxis=yn,
                                hoverinfo="skip", showlegend=False))
     base = canvas.base_layout(_title(grads), height=260, legend=False)
     base.update(layout)
-    return go.Figure(data=data, layout=base)
+    return fp.Figure(data=data, layout=base)
 
 
 def gradient_figure_mpl(image: np.ndarray, grads: dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from . import fastplot as fp
 from . import canvas
 from .overlay import mpl_context, mpl_points, plotly_context, plotly_points, raster_context, raster_points, weight_range
 from .raster import Raster, tile
@@ -97,7 +98,7 @@ def grid_figure(capture, query: int, selection: Selection = Selection(color_by="
             first = False
     layout = canvas.base_layout(f"query {query}: layers x heads", height=max(150 * rows, 320))
     layout.update(panel_layout)
-    return go.Figure(data=data, layout=layout)
+    return fp.Figure(data=data, layout=layout)
 
 
 def grid_figure_mpl(capture, query: int, selection: Selection = Selection(color_by="weight"), layers=None):

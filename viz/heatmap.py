@@ -6,8 +6,8 @@ A point at level pixel (x, y) reads the four cells around it with the bilinear w
 zeros, so their share is lost), exactly what ``ops.ms_deform_attn`` multiplies the values by.
 Splatting weight x bilinear weight onto those cells gives, per level, the mass the query put
 on each feature cell; spreading each cell's mass uniformly over its footprint in the image
-(``canvas.level_cells``) gives a density per image pixel whose integral is the mass that
-landed on the image. Summed over levels it shows where, at any scale, the query looked.
+(``canvas.level_cells``) gives a density per image pixel whose sum is the mass that landed
+on the image. Summed over levels it shows where, at any scale, the query looked.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from matplotlib.ticker import MaxNLocator
 
+from . import fastplot as fp
 from . import canvas
 from .raster import Raster
 from .selection import Selection, detection_queries, resolve_layer
@@ -51,7 +52,7 @@ def splat(level_px: np.ndarray, weights: np.ndarray, W: int, H: int) -> np.ndarr
 @dataclass
 class AttentionMaps:
     """cells: per level (H_l, W_l) mass on each feature cell; density: (L, h0, w0) mass per
-    image pixel per level; total = density.sum(0); weight: the mass that was spent (sum of
+    image pixel per level (sums to the mass on the level's valid cells); total = density.sum(0); weight: the mass that was spent (sum of
     the splatted weights, including what fell off the maps or on padding)."""
 
     cells: list[np.ndarray]
@@ -94,8 +95,11 @@ def attention_maps(capture, queries, layer: int = -1, heads=None, levels=None) -
         m = splat(lp[:, keep_h, lvl].reshape(-1, 2), w[:, keep_h, lvl].reshape(-1), W, H)
         cells.append(m)
         ix, iy = canvas.level_cells(g, lvl, w0, h0)
-        area = float(np.prod(g.orig_wh / g.valid_wh[lvl]))  # image px^2 per cell
-        density[lvl] = m[iy[:, None], ix[None, :]] / area
+        cell = iy[:, None] * W + ix[None, :]  # (h0, w0) flat index of the cell holding each pixel
+        # Each cell's mass spread evenly over the pixels it holds (7 or 8 of them when a cell
+        # spans 7.85 px), so the density integrates exactly to the mass on the image.
+        count = np.bincount(cell.ravel(), minlength=H * W)
+        density[lvl] = m.ravel()[cell] / np.maximum(count[cell], 1)
     spent = float(w[:, keep_h][:, :, keep_l].sum())
     return AttentionMaps(cells, density, spent, queries, layer)
 
@@ -139,12 +143,12 @@ def heatmap_figure(capture, query: int | None = None, selection: Selection = Sel
         data.append(canvas.plotly_image(image, xn, yn))
         zh, zw = z.shape
         dx, dy = (rect[2] - rect[0]) / zw, (rect[3] - rect[1]) / zh
-        data.append(go.Heatmap(z=z, x0=rect[0] + dx / 2, dx=dx, y0=rect[1] + dy / 2, dy=dy, xaxis=xn, yaxis=yn,
+        data.append(fp.Heatmap(z=z, x0=rect[0] + dx / 2, dx=dx, y0=rect[1] + dy / 2, dy=dy, xaxis=xn, yaxis=yn,
                                colorscale=HEAT_CMAP.capitalize(), zmin=0, zmax=float(z.max()) or 1.0, opacity=0.65,
                                hovertemplate=hover + "<extra></extra>", showscale=False, meta="heatmap"))
     layout = canvas.base_layout(_title(maps) + f" · {maps.weight:.2f} spent", height=330 * rows, legend=False)
     layout.update(panel_layout)
-    return go.Figure(data=data, layout=layout)
+    return fp.Figure(data=data, layout=layout)
 
 
 def heatmap_figure_mpl(capture, query: int | None = None, selection: Selection = Selection(), threshold: float = 0.5):

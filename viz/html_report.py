@@ -16,7 +16,7 @@ from pathlib import Path
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-_URI = re.compile(r'"(data:image/[a-z]+;base64,[A-Za-z0-9+/=]+)"')
+_URI = re.compile(r'"(data:image[^"]*)"')  # plotly's JSON writes "/" as \u002f
 
 _JS = """
 function fixImages(obj){
@@ -123,7 +123,7 @@ class HtmlReport:
         js = pio.to_json(fig, validate=False)
 
         def swap(m):
-            uri = m.group(1)
+            uri = json.loads(f'"{m.group(1)}"')
             if uri not in self.images:
                 self.images[uri] = len(self.images)
             return f'"@img:{self.images[uri]}"'

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from ddetr.frames import box_cxcywh_to_xyxy
 
+from . import fastplot as fp
 from .raster import Raster
 from .selection import HOVER_TEMPLATE, PointTable, Selection
 from .style import (BOX_COLOR, MAX_DIAMETER, MIN_DIAMETER, OUTLINE_COLOR, REFERENCE_COLOR, WEIGHT_CMAP,
@@ -56,7 +57,7 @@ def plotly_points(table: PointTable, sel: Selection, xaxis: str = "x", yaxis: st
     if sel.color_by == "weight":
         lo, hi = vrange or weight_range(table)
         idx = np.flatnonzero(keep)
-        traces.append(go.Scatter(
+        traces.append(fp.Scatter(
             x=table.image_px[idx, 0], y=table.image_px[idx, 1], mode="markers", name="sampling points",
             xaxis=xaxis, yaxis=yaxis, meta=SAMPLING, customdata=custom[idx], hovertemplate=HOVER_TEMPLATE,
             showlegend=False,
@@ -69,7 +70,7 @@ def plotly_points(table: PointTable, sel: Selection, xaxis: str = "x", yaxis: st
         idx = np.flatnonzero(keep & (table.head == m))
         if idx.size == 0:
             continue
-        traces.append(go.Scatter(
+        traces.append(fp.Scatter(
             x=table.image_px[idx, 0], y=table.image_px[idx, 1], mode="markers", name=f"head {m}",
             legendgroup=f"head {m}", showlegend=showlegend, xaxis=xaxis, yaxis=yaxis, meta=SAMPLING,
             customdata=custom[idx], hovertemplate=HOVER_TEMPLATE,
@@ -85,22 +86,22 @@ def plotly_context(table: PointTable, xaxis: str = "x", yaxis: str = "y", showle
     ref = table.reference_image_px
     if ref is not None and ref.shape[-1] == 4:
         x0, y0, x1, y1 = box_cxcywh_to_xyxy(ref).tolist()
-        traces.append(go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines", name="reference box",
+        traces.append(fp.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines", name="reference box",
                                  line=dict(color=REFERENCE_COLOR, width=1.5, dash="dash"), xaxis=xaxis, yaxis=yaxis,
                                  hoverinfo="skip", showlegend=showlegend, legendgroup="reference"))
     if table.box_image_px is not None:
         x0, y0, x1, y1 = table.box_image_px.tolist()
         for col, wd, show in ((OUTLINE_COLOR, 4, False), (BOX_COLOR, 2, showlegend)):
-            traces.append(go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines", name="box",
+            traces.append(fp.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines", name="box",
                                      line=dict(color=col, width=wd), xaxis=xaxis, yaxis=yaxis, showlegend=show,
                                      legendgroup="box", hoverinfo="skip"))
         if label and table.label is not None:
-            traces.append(go.Scatter(x=[x0], y=[y0], mode="text", text=[f" {table.label} {table.score:.2f}"],
+            traces.append(fp.Scatter(x=[x0], y=[y0], mode="text", text=[f" {table.label} {table.score:.2f}"],
                                      textposition="top right", textfont=dict(color="white", size=12),
                                      xaxis=xaxis, yaxis=yaxis, showlegend=False, hoverinfo="skip", legendgroup="box"))
     xy = table.reference_xy
     if xy is not None:
-        traces.append(go.Scatter(
+        traces.append(fp.Scatter(
             x=[xy[0]], y=[xy[1]], mode="markers", name="reference point", legendgroup="reference",
             xaxis=xaxis, yaxis=yaxis, showlegend=showlegend,
             marker=dict(symbol="cross", size=14, color=REFERENCE_COLOR, line=dict(color=OUTLINE_COLOR, width=1)),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
+from . import fastplot as fp
 from . import canvas
 from .raster import Raster
 from .selection import detection_queries
@@ -78,32 +79,32 @@ def proposals_figure(capture, top: int = 20, threshold: float = 0.5) -> go.Figur
     layout["yaxis2"].update(range=None, showticklabels=True, ticks="outside", title=dict(text="score"), scaleanchor=None,
                             autorange=True, showgrid=True)
     data = [canvas.plotly_image(capture.image),
-            go.Scatter(x=centres[valid, 0], y=centres[valid, 1], mode="markers", name="proposal score",
+            fp.Scatter(x=centres[valid, 0], y=centres[valid, 1], mode="markers", name="proposal score",
                        marker=dict(size=4, color=p.scores[valid], colorscale=WEIGHT_CMAP.capitalize(), cmin=lo, cmax=hi,
                                    showscale=True, colorbar=dict(title=dict(text="score"), thickness=10, len=0.5, x=0.48)),
                        hovertext=_hover(p, valid, query_of), hoverinfo="text", meta="proposal_centres")]
     sel = p.selected
-    data.append(go.Scatter(x=centres[sel, 0], y=centres[sel, 1], mode="markers", name="became a query",
+    data.append(fp.Scatter(x=centres[sel, 0], y=centres[sel, 1], mode="markers", name="became a query",
                            marker=dict(size=9, symbol="circle-open", color=SELECTED_COLOR, line=dict(width=1.5)),
                            hovertext=_hover(p, sel, query_of), hoverinfo="text", meta="selected"))
     bx, by = canvas.box_polyline(p.boxes[p.order[:top]])
-    data.append(go.Scatter(x=bx, y=by, mode="lines", name=f"top {top} proposals", hoverinfo="skip",
+    data.append(fp.Scatter(x=bx, y=by, mode="lines", name=f"top {top} proposals", hoverinfo="skip",
                            line=dict(color=PROPOSAL_COLOR, width=1)))
     dets = capture.detections
     det_q = [(i, q) for i, q in detection_queries(capture, threshold)]
     if det_q:
         start = p.boxes[[sel[q] for _, q in det_q]]
         sx, sy = canvas.box_polyline(start)
-        data.append(go.Scatter(x=sx, y=sy, mode="lines", name="their proposals", hoverinfo="skip",
+        data.append(fp.Scatter(x=sx, y=sy, mode="lines", name="their proposals", hoverinfo="skip",
                                line=dict(color=SELECTED_COLOR, width=1.5, dash="dash")))
         fx, fy = canvas.box_polyline(dets.boxes.numpy()[[i for i, _ in det_q]])
-        data.append(go.Scatter(x=fx, y=fy, mode="lines", name=f"detections ≥ {threshold}", hoverinfo="skip",
+        data.append(fp.Scatter(x=fx, y=fy, mode="lines", name=f"detections ≥ {threshold}", hoverinfo="skip",
                                line=dict(color=BOX_COLOR, width=2)))
     ranked = p.scores[p.order[: len(valid)]]
-    data.append(go.Scatter(x=np.arange(1, len(ranked) + 1), y=ranked, mode="lines", name="score by rank",
+    data.append(fp.Scatter(x=np.arange(1, len(ranked) + 1), y=ranked, mode="lines", name="score by rank",
                            xaxis="x2", yaxis="y2", line=dict(color=PROPOSAL_COLOR), showlegend=False))
     Q = len(sel)
-    data.append(go.Scatter(x=[Q, Q], y=[float(ranked.min()), float(ranked.max())], mode="lines", xaxis="x2", yaxis="y2",
+    data.append(fp.Scatter(x=[Q, Q], y=[float(ranked.min()), float(ranked.max())], mode="lines", xaxis="x2", yaxis="y2",
                            line=dict(color=SELECTED_COLOR, dash="dash"), name=f"Q = {Q} queries", showlegend=False,
                            hovertemplate=f"the top {Q} tokens become queries<extra></extra>"))
     layout["xaxis"]["domain"] = [0.0, 0.62]
@@ -111,7 +112,7 @@ def proposals_figure(capture, top: int = 20, threshold: float = 0.5) -> go.Figur
     base = canvas.base_layout(f"two-stage proposals: {int(p.valid.sum())} valid of {len(p.scores)} tokens, top {Q} became queries",
                               height=480)
     base.update(layout)
-    return go.Figure(data=data, layout=base)
+    return fp.Figure(data=data, layout=base)
 
 
 def proposals_figure_mpl(capture, top: int = 20, threshold: float = 0.5):

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
+from . import fastplot as fp
 from . import canvas
 from .overlay import extent, mpl_context, mpl_points, plotly_context, plotly_points, raster_context, raster_points
 from .raster import Raster, display_scale, tile
@@ -51,7 +52,7 @@ def table_figure(capture, table: PointTable, sel: Selection, title: str | None =
         layout = canvas.base_layout(title, height=height or 560)
         layout.update(xaxis=ax, yaxis=ay, plot_bgcolor="#DDDDDD")
         data = [canvas.plotly_image(image), *plotly_points(table, sel), *plotly_context(table)]
-        return go.Figure(data=data, layout=layout)
+        return fp.Figure(data=data, layout=layout)
     levels = _panel_levels(table, sel)
     rows, cols = _grid_shape(len(levels))
     panel_layout, names = canvas.plotly_panels(rows, cols, w, h, [level_title(capture, l) for l in levels])
@@ -59,14 +60,14 @@ def table_figure(capture, table: PointTable, sel: Selection, title: str | None =
     layout.update(panel_layout)
     data = []
     for i, (lvl, (xn, yn)) in enumerate(zip(levels, names)):
-        data.append(canvas.plotly_image(canvas.level_image(image, capture.geometry, lvl), xn, yn,
-                                        cache_on=image, key=("level", lvl)))
+        data.append(canvas.plotly_image_at(canvas.level_picture(image, capture.geometry, lvl), (0, 0, w, h), xn, yn,
+                                           cache_on=image, key=("level", lvl)))
         gx, gy = canvas.grid_polyline(*canvas.level_grid_lines(capture.geometry, lvl))
-        data.append(go.Scatter(x=gx, y=gy, mode="lines", xaxis=xn, yaxis=yn, hoverinfo="skip", showlegend=False,
+        data.append(fp.Scatter(x=gx, y=gy, mode="lines", xaxis=xn, yaxis=yn, hoverinfo="skip", showlegend=False,
                                line=dict(color="rgba(255,255,255,0.35)", width=0.7), name=f"level {lvl} grid"))
         data += plotly_points(table, sel, xn, yn, showlegend=i == 0, colorbar=i == 0, mask=table.level == lvl)
         data += plotly_context(table, xn, yn, showlegend=i == 0, label=False)
-    return go.Figure(data=data, layout=layout)
+    return fp.Figure(data=data, layout=layout)
 
 
 def table_figure_mpl(capture, table: PointTable, sel: Selection, title: str | None = None, colorbar: bool = True):
@@ -93,7 +94,7 @@ def table_figure_mpl(capture, table: PointTable, sel: Selection, title: str | No
             fig = new_figure(TEXT_WIDTH * cols / 2 if cols < 2 else TEXT_WIDTH, TEXT_WIDTH / cols * h / w * rows + 0.4)
             axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
             for ax, lvl in zip(axes, levels):
-                canvas.mpl_image(ax, canvas.level_image(image, capture.geometry, lvl))
+                canvas.mpl_image(ax, canvas.level_picture(image, capture.geometry, lvl), extent_of=image)
                 xs, ys = canvas.level_grid_lines(capture.geometry, lvl)
                 ax.vlines(xs, ys[0], ys[-1], colors="white", linewidths=0.25, alpha=0.4, zorder=1)
                 ax.hlines(ys, xs[0], xs[-1], colors="white", linewidths=0.25, alpha=0.4, zorder=1)
@@ -139,7 +140,8 @@ def table_raster(capture, table: PointTable, sel: Selection, scale: float | None
     tile_scale = (display_scale(image.shape) if scale is None else scale) / cols
     tiles = []
     for lvl in levels:
-        r = Raster(canvas.level_image(image, capture.geometry, lvl), tile_scale)
+        pic = canvas.level_picture(image, capture.geometry, lvl)
+        r = Raster(image, tile_scale, picture=pic)
         r.grid(*canvas.level_grid_lines(capture.geometry, lvl))
         raster_points(r, table, sel, mask=table.level == lvl)
         raster_context(r, table, label=False)

@@ -35,15 +35,20 @@ def _rgb(c) -> tuple[int, int, int]:
 class Raster:
     """RGB canvas over an image; coordinates in original-image pixels (edges at integers)."""
 
-    def __init__(self, image: np.ndarray, scale: float | None = None, dim: float = 0.0, origin=(0.0, 0.0)):
-        """``image`` covers image pixels from ``origin`` (x, y) on (a crop has its corner there)."""
+    def __init__(self, image: np.ndarray, scale: float | None = None, dim: float = 0.0, origin=(0.0, 0.0),
+                 picture: np.ndarray | None = None):
+        """``image`` covers image pixels from ``origin`` (x, y) on (a crop has its corner there);
+        ``picture`` (any size) is shown instead of it, stretched over it with sharp pixels."""
         self.scale = display_scale(image.shape) if scale is None else float(scale)
         self.origin = np.asarray(origin, dtype=np.float64)
         h, w = image.shape[:2]
         self.size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
-        base = Image.fromarray(np.ascontiguousarray(image))
-        if self.size != (w, h):
-            base = base.resize(self.size, Image.BILINEAR if self.scale > 1 else Image.BOX)
+        if picture is not None:
+            base = Image.fromarray(np.ascontiguousarray(picture)).resize(self.size, Image.NEAREST)
+        else:
+            base = Image.fromarray(np.ascontiguousarray(image))
+            if self.size != (w, h):
+                base = base.resize(self.size, Image.BILINEAR if self.scale > 1 else Image.BOX)
         if dim > 0:  # darken so that overlays stand out
             base = Image.eval(base, lambda v: int(v * (1.0 - dim)))
         self.im = base.convert("RGB")

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from ddetr.frames import box_cxcywh_to_xyxy
 
+from . import fastplot as fp
 from . import canvas
 from .raster import Raster
 from .style import (COLUMN_WIDTH, OUTLINE_COLOR, REFERENCE_COLOR, WEIGHT_CMAP, colormap_rgb, new_figure, paper)
@@ -27,13 +28,14 @@ def _hex(rgb) -> str:
 
 
 def trajectory(capture, query: int) -> dict:
-    """``Capture.trajectory`` plus reference centres (D, 2) and, for box references, the
-    reference boxes (D, 4) xyxy (None for point references)."""
-    t = capture.trajectory(int(query))
-    refs = np.asarray(t["references"], dtype=np.float64)
+    """``Capture.trajectory`` plus ``centres`` (D, 2) (the reference points), reference boxes
+    as xyxy (D, 4) (rows NaN while the reference is a point) or None when none is a box, and
+    the label names."""
+    t = dict(capture.trajectory(int(query)))
     names = capture.class_names
-    t["centres"] = refs[:, :2]
-    t["reference_boxes"] = box_cxcywh_to_xyxy(refs) if refs.shape[-1] == 4 else None
+    t["centres"] = np.asarray(t["reference_points"], dtype=np.float64)
+    rb = np.asarray(t["reference_boxes"], dtype=np.float64)
+    t["reference_boxes"] = None if np.isnan(rb).all() else box_cxcywh_to_xyxy(rb)
     t["label_names"] = [names[i] if i < len(names) else f"class {i}" for i in np.asarray(t["labels"]).tolist()]
     return t
 
@@ -43,6 +45,7 @@ def _zoom(t: dict, w: int, h: int, pad: float = 0.25) -> tuple[float, float, flo
     if t["reference_boxes"] is not None:
         pts.append(t["reference_boxes"].reshape(-1, 2))
     p = np.concatenate(pts)
+    p = p[np.isfinite(p).all(1)]
     lo, hi = p.min(0), p.max(0)
     m = pad * max(hi[0] - lo[0], hi[1] - lo[1], 24.0)
     return float(lo[0] - m), float(lo[1] - m), float(hi[0] + m), float(hi[1] + m)
@@ -61,28 +64,28 @@ def refinement_figure(capture, query: int, zoom: bool = True) -> go.Figure:
         ax["range"], ay["range"] = [x0, x1], [y1, y0]
     data = [canvas.plotly_image(capture.image)]
     c = t["centres"]
-    data.append(go.Scatter(x=c[:, 0], y=c[:, 1], mode="lines", line=dict(color=REFERENCE_COLOR, width=1.5, dash="dot"),
+    data.append(fp.Scatter(x=c[:, 0], y=c[:, 1], mode="lines", line=dict(color=REFERENCE_COLOR, width=1.5, dash="dot"),
                            hoverinfo="skip", showlegend=False))
     for d in range(D):
         x0, y0, x1, y1 = t["boxes"][d].tolist()
-        data.append(go.Scatter(
+        data.append(fp.Scatter(
             x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines", name=f"layer {d}", legendgroup=f"layer {d}",
             line=dict(color=cols[d], width=2.5), meta="box",
             hovertemplate=(f"layer {d} box ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}) px<br>"
                            f"{t['label_names'][d]} {t['scores'][d]:.3f}<extra></extra>")))
-        if t["reference_boxes"] is not None:
+        if t["reference_boxes"] is not None and np.isfinite(t["reference_boxes"][d]).all():
             rx0, ry0, rx1, ry1 = t["reference_boxes"][d].tolist()
-            data.append(go.Scatter(x=[rx0, rx1, rx1, rx0, rx0], y=[ry0, ry0, ry1, ry1, ry0], mode="lines",
+            data.append(fp.Scatter(x=[rx0, rx1, rx1, rx0, rx0], y=[ry0, ry0, ry1, ry1, ry0], mode="lines",
                                    line=dict(color=cols[d], width=1, dash="dash"), legendgroup=f"layer {d}",
                                    showlegend=False, hoverinfo="skip"))
-        data.append(go.Scatter(
+        data.append(fp.Scatter(
             x=[c[d, 0]], y=[c[d, 1]], mode="markers+text", text=[str(d)], textposition="top right",
             textfont=dict(color="white", size=11), legendgroup=f"layer {d}", showlegend=False, meta="reference",
             marker=dict(symbol="cross", size=12, color=REFERENCE_COLOR, line=dict(color=cols[d], width=1.5)),
             hovertemplate=f"layer {d} reference ({c[d, 0]:.1f}, {c[d, 1]:.1f}) px<extra></extra>"))
     layout = canvas.base_layout(f"query {query}: refinement over {D} decoder layers", height=520)
     layout.update(xaxis=ax, yaxis=ay, plot_bgcolor="#DDDDDD")
-    return go.Figure(data=data, layout=layout)
+    return fp.Figure(data=data, layout=layout)
 
 
 def refinement_figure_mpl(capture, query: int, zoom: bool = True):
@@ -107,7 +110,7 @@ def refinement_figure_mpl(capture, query: int, zoom: bool = True):
             x0, y0, x1, y1 = t["boxes"][d].tolist()
             ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], lw=1.2, color=cols[d], zorder=3, path_effects=halo,
                     label=f"layer {d}: {t['label_names'][d]} {t['scores'][d]:.2f}")
-            if t["reference_boxes"] is not None:
+            if t["reference_boxes"] is not None and np.isfinite(t["reference_boxes"][d]).all():
                 rx0, ry0, rx1, ry1 = t["reference_boxes"][d].tolist()
                 ax.plot([rx0, rx1, rx1, rx0, rx0], [ry0, ry0, ry1, ry1, ry0], lw=0.6, ls="--", color=cols[d], zorder=2)
             ax.plot([c[d, 0]], [c[d, 1]], marker="+", ms=6, mew=1.5, color=REFERENCE_COLOR, zorder=4,
@@ -128,7 +131,7 @@ def render_refinement(capture, query: int, scale: float | None = None) -> np.nda
     r = Raster(capture.image, scale)
     r.polyline(t["centres"], REFERENCE_COLOR, width=1)
     for d in range(len(t["boxes"])):
-        if t["reference_boxes"] is not None:
+        if t["reference_boxes"] is not None and np.isfinite(t["reference_boxes"][d]).all():
             r.box(t["reference_boxes"][d], color=cols[d], width=1, dashed=True)
         r.box(t["boxes"][d], color=cols[d], width=2)
         r.cross(t["centres"][d], size=10, width=2)

@@ -8,10 +8,10 @@
 //  * forward: over queries; each (query, head) writes its own output row. The corner list
 //    of the next (query, head) is built -- and its rows prefetched -- before the current
 //    one is summed, which hides most of the gather latency for scattered points.
-//  * backward: over (b, m), or (b, m, l) when B * M is below the thread count. grad_value is
-//    a scatter, but a sample of head m on level l only ever writes the rows of head m inside
-//    level l, so these tasks own disjoint slices of grad_value (no atomics, no per-thread
-//    copies), and the per-point gradients (grad_loc, grad_attn) are disjoint too.
+//  * backward: over (b, group of heads[, level range]). grad_value is a scatter, but a
+//    sample of head m on level l only ever writes the rows of head m inside level l, so
+//    these tasks own disjoint slices of grad_value (no atomics, no per-thread copies), and
+//    the per-point gradients (grad_loc, grad_attn) are disjoint too.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -47,6 +47,8 @@ Launch launch_config(const MsdaDims& d) {
   c.chunks = static_cast<int>((d.D + c.G * c.cpl - 1) / (c.G * c.cpl));
   c.n_groups = d.B * d.Lq * d.M * c.chunks;
   c.blocks = (c.n_groups * c.G + kThreads - 1) / kThreads;
+  TORCH_CHECK(c.blocks < (int64_t{1} << 31), "ms_deform_attn: B * Lq * M * D too large for one "
+              "CUDA launch (", c.blocks, " blocks of ", kThreads, " threads)");
   return c;
 }
 
