@@ -317,7 +317,7 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
         h.header, h.report_md, h.controls = header, report_md, controls
         ckpt.input(guarded(h.set_checkpoint), [ckpt, key], [header, report_md, *controls, *out],
                    api_name="set_checkpoint", show_progress="full", **MODEL_EVENTS)
-    demo.explorer = explorer
+    demo.explorer, demo.handlers = explorer, h
     demo.queue(default_concurrency_limit=2, max_size=64)
     return demo
 

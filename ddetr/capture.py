@@ -286,12 +286,15 @@ class CaptureSession:
             return
         locations, weights = args[3], args[4]  # (B, Lq, M, L, P, 2), (B, Lq, M, L, P)
         ref, off = kwargs.get("reference_points"), kwargs.get("offsets")
-        rec = {"weights": weights.detach().to(self.dtype, copy=True)}
+        # No copy where the dtype already matches: these are fresh outputs of the layer's
+        # projections that nothing modifies in place afterwards (the faithfulness test would
+        # catch it: it recomputes the op from what the capture holds).
+        rec = {"weights": weights.detach().to(self.dtype)}
         if ref is None or off is None:  # a caller that did not pass the factors: keep the product
-            rec["locations"] = locations.detach().to(torch.float32, copy=True)
+            rec["locations"] = locations.detach().to(torch.float32)
         else:
-            rec["offsets"] = off.detach().to(self.dtype, copy=True)
-            rec["references"] = ref.detach().to(torch.float32, copy=True)
+            rec["offsets"] = off.detach().to(self.dtype)
+            rec["references"] = ref.detach().to(torch.float32)
         (p.enc if part == "enc" else p.dec)[i] = rec
 
     @_timed
@@ -402,7 +405,7 @@ def _build_captures(session: CaptureSession, p: _Pass, out, call: int) -> list["
         meta = {
             "variant": cfg.variant, "class_names": list(cfg.class_names), "num_classes": cfg.num_classes,
             "n_heads": cfg.n_heads, "n_levels": cfg.n_levels, "n_points": cfg.n_points,
-            "num_queries": int(Q), "enc_layers": cfg.enc_layers, "dec_layers": cfg.dec_layers,
+            "num_queries": int(Q), "enc_layers": cfg.enc_layers, "dec_layers": cfg.dec_layers, "d_model": cfg.d_model,
             "two_stage": cfg.two_stage, "with_box_refine": cfg.with_box_refine, "top_k": cfg.top_k,
             "geometry": geometry.to_dict(), "dtype": _DTYPES[session.dtype],
             "encoder_layers": sorted(p.enc), "decoder_layers": sorted(p.dec),

@@ -40,12 +40,14 @@ KERNELS = _load_kernels()
 
 def _warn_fallbacks() -> None:
     used = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    lines = [f"{d}: {KERNELS[d].detail}" for d in used if not KERNELS[d].ok]
-    if lines:
+    missing = [d for d in used if not KERNELS[d].ok]
+    if missing:
         warnings.warn(
-            "ops.ms_deform_attn is using the pure-PyTorch reference implementation "
-            "(ms_deform_attn_reference, several times slower) because the kernel is "
-            "unavailable -- " + "; ".join(lines) + ". Run `python -m ops` for details.",
+            f"ops.ms_deform_attn runs the pure-PyTorch reference implementation "
+            f"(ms_deform_attn_reference, grid_sample; some 20x slower) on "
+            f"{' and '.join(missing)} tensors because the kernel is unavailable: "
+            + "; ".join(f"{d}: {KERNELS[d].detail}" for d in missing)
+            + ". `python -m ops` shows what is available.",
             KernelUnavailableWarning,
             stacklevel=3,
         )
@@ -127,6 +129,8 @@ def _check_arguments(value, spatial_shapes, level_start_index, sampling_location
     if total != Lv:
         raise ValueError(f"ms_deform_attn: spatial_shapes describe sum(H * W) = {total} tokens but "
                          f"value has Lv = {Lv} (value.shape[1])")
+    if spatial_shapes.is_inference() or level_start_index.is_inference():
+        return  # inference tensors have no version counter to key the cache on
     _CHECKED_LAYOUTS.append((weakref.ref(spatial_shapes), spatial_shapes._version,
                              weakref.ref(level_start_index), level_start_index._version, Lv))
 
@@ -138,6 +142,8 @@ _CHECKED_LAYOUTS: deque = deque(maxlen=8)
 
 
 def _layout_checked_before(spatial_shapes, level_start_index, Lv) -> bool:
+    if spatial_shapes.is_inference() or level_start_index.is_inference():
+        return False
     return any(ss() is spatial_shapes and ss_v == spatial_shapes._version
                and lsi() is level_start_index and lsi_v == level_start_index._version and lv == Lv
                for ss, ss_v, lsi, lsi_v, lv in _CHECKED_LAYOUTS)

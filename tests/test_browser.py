@@ -104,12 +104,16 @@ def test_page_example_click_and_overlay(served):
         green = (overlay[..., 1] > 200) & (overlay[..., 0] < 60) & (overlay[..., 2] < 60)  # the reference cross
         assert green.sum() > 10
         page.screenshot(path=str(ARTIFACTS / "browser_2_detection.png"), full_page=True)
+        page.locator("button[role=tab]", has_text="Learn").click()  # the lesson of the selected query
+        _wait(lambda: "Reference point" in page.inner_text("#note-learn"), what="the lesson")
+        page.screenshot(path=str(ARTIFACTS / "browser_3_learn.png"), full_page=True)
 
         # A click on the attention view: the encoder view of that pixel.
         h, w = overlay.shape[:2]
         _click_image_px(page, "#att-image", w // 4, h // 4)
         _wait(lambda: "encoder layer" in page.inner_text("#status"), what="the encoder view")
-        page.screenshot(path=str(ARTIFACTS / "browser_3_encoder.png"), full_page=True)
+        _wait(lambda: "Select a detection" in page.inner_text("#note-learn"), what="the lesson asks for a detection")
+        page.screenshot(path=str(ARTIFACTS / "browser_4_encoder.png"), full_page=True)
 
         # A view change (colour by weight) redraws without running the model again.
         runs = demo.explorer.registry.get(demo.explorer.registry.startup_name).runs
@@ -117,8 +121,5 @@ def test_page_example_click_and_overlay(served):
         page.locator("#color-by label", has_text="by attention weight").click()
         _wait(lambda: not np.array_equal(_picture(page, "#att-image"), before), what="recoloured points")
         assert demo.explorer.registry.get(demo.explorer.registry.startup_name).runs == runs
-        page.locator("button[role=tab]", has_text="Learn").click()
-        _wait(lambda: "Reference point" in page.inner_text("#note-learn"), what="the lesson")
-        page.screenshot(path=str(ARTIFACTS / "browser_4_learn.png"), full_page=True)
         assert not errors, errors
         browser.close()

@@ -172,7 +172,7 @@ def test_reference_is_a_green_cross_at_the_capture_reference(cap, query):
     pts = cap.decoder_points(cap.meta["dec_layers"] - 1, query)
     assert ref.marker.symbol == "cross" and ref.marker.color == REFERENCE_COLOR
     np.testing.assert_allclose([ref.x[0], ref.y[0]], pts["reference_image_px"][0, :2])
-    (box,) = [t for t in fig.data if t.name == "box" and t.showlegend]
+    (box,) = [t for t in fig.data if t.name == "box" and t.line.color == "#FFFFFF"]
     x0, y0, x1, y1 = pts["box_image_px"]
     np.testing.assert_allclose(box.x, [x0, x1, x1, x0, x0])
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-import ddetr
 from ddetr.capture import capture  # the function (the attribute ddetr.capture can be the module)
 import viz
 from test_viz import default_model, example_image

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from PIL import Image
 
-        from ddetr.capture import capture
+        from ddetr.capture import capture as open_capture
         from ddetr.preprocess import ImageError
 
         if not os.path.exists(args.image):
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             _fail(f"cannot read image {args.image}: {e}")
         model = _load_model(args)
         try:
-            with capture(model) as session:
+            with open_capture(model) as session:
                 model.predict(image)
         except ImageError as e:
             _fail(str(e))

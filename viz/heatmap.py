@@ -174,6 +174,7 @@ def heatmap_figure_mpl(capture, query: int | None = None, selection: Selection =
             cb.ax.tick_params(labelsize=5)
             cb.ax.xaxis.set_major_locator(MaxNLocator(3))
         fig.suptitle(_title(maps), fontsize=7)
+        fig.subplots_adjust(left=0.01, right=0.99, top=0.8, bottom=0.02, wspace=0.06)
     return fig
 
 

@@ -91,7 +91,8 @@ def plotly_context(table: PointTable, xaxis: str = "x", yaxis: str = "y", showle
                                  hoverinfo="skip", showlegend=showlegend, legendgroup="reference"))
     if table.box_image_px is not None:
         x0, y0, x1, y1 = table.box_image_px.tolist()
-        for col, wd, show in ((OUTLINE_COLOR, 4, False), (BOX_COLOR, 2, showlegend)):
+        # the dark halo carries the legend entry: a white swatch would vanish on the white legend
+        for col, wd, show in ((OUTLINE_COLOR, 4, showlegend), (BOX_COLOR, 2, False)):
             traces.append(fp.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines", name="box",
                                      line=dict(color=col, width=wd), xaxis=xaxis, yaxis=yaxis, showlegend=show,
                                      legendgroup="box", hoverinfo="skip"))

@@ -135,7 +135,7 @@ def _check_indices(values: tuple[int, ...] | None, n: int, what: str) -> None:
         raise IndexError(f"{what} {bad} do not exist; the model has {what} 0..{n - 1}")
 
 
-def _table(part: str, layer: int, pts: dict, sel: Selection, meta: dict, **context) -> PointTable:
+def _table(part: str, layer: int, pts: dict, sel: Selection, **context) -> PointTable:
     M, L, P = pts["weights"].shape  # (M, L, P)
     _check_indices(sel.heads, M, "heads")
     _check_indices(sel.levels, L, "levels")
@@ -175,7 +175,7 @@ def decoder_table(capture, query: int, selection: Selection = Selection()) -> Po
     pts = capture.decoder_points(layer, int(query))
     names = capture.class_names
     label = names[pts["label"]] if pts["label"] < len(names) else f"class {pts['label']}"
-    return _table("decoder", layer, pts, selection, capture.meta, query=int(query),
+    return _table("decoder", layer, pts, selection, query=int(query),
                   box_image_px=np.asarray(pts["box_image_px"], dtype=np.float64), label=label, score=pts["score"])
 
 
@@ -183,7 +183,7 @@ def encoder_table(capture, x: float, y: float, level: int = 0, selection: Select
     """The sampling points of the level-``level`` encoder token under image point (x, y)."""
     layer = resolve_layer(capture, "encoder", selection.layer)
     pts = capture.encoder_points(layer, float(x), float(y), int(level))
-    table = _table("encoder", layer, pts, selection, capture.meta, token=int(pts["token"]), token_level=int(pts["level"]))
+    table = _table("encoder", layer, pts, selection, token=int(pts["token"]), token_level=int(pts["level"]))
     if table.reference_image_px is None:  # capture stored locations only: the token's own place
         table.reference_image_px = np.asarray(pts["token_image_px"], dtype=np.float64)
     return table
