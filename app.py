@@ -18,7 +18,6 @@ import functools
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
@@ -79,7 +78,9 @@ def startup_model(args) -> LoadedModel:
     from ddetr.checkpoint import load
 
     if args.random_weights:
-        return random_model(args.seed)
+        lm = random_model(args.seed)
+        lm.model.to(args.device)
+        return lm
     path = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     if not path.exists():
         if args.checkpoint:
@@ -155,7 +156,8 @@ TABS = [
      "centre, size and class score depend on each input pixel (gradient norm). Compare with where it samples."),
 ]
 EXPORT_KINDS = [("current view as PNG", "png"), ("current view as SVG", "svg"),
-                ("interactive HTML page", "html"), ("capture file (.npz)", "capture")]
+                ("interactive HTML page", "html"), ("full report: every view of the 10 best detections (HTML)", "report"),
+                ("capture file (.npz)", "capture")]
 CHECKPOINT_HELP = ("What was loaded, and diagnostics that point at training problems: offsets still at "
                    "their initialization, heads that attend uniformly, points that fall in padding or "
                    "outside the image, levels that receive almost no attention.")

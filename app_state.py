@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Files the checkpoint loader knows (ddetr.checkpoint: ours .safetensors, official .pth, a
 # transformers folder with config.json + weights).
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+REPORT_DETECTIONS = 10  # the full report draws ~7 figures per detection: keep it to the best ten
 MIN_SIDE = 8  # below this an "image" is a mistake (a 1x1 pixel upscaled to 320 px says nothing)
 
 
@@ -673,6 +674,14 @@ class Explorer:
         stem = Path(s.image_name).stem or "image"
         out = Path(tempfile.mkdtemp(dir=self.export_dir))
         with self.timings.timer(f"export_{kind}"):
+            if kind == "report":
+                from viz.bundle import write_bundle
+
+                grads = {k[1]: v for k, v in s.cache.items() if isinstance(k, tuple) and k[0] == "gradients"}
+                written = write_bundle(s.capture, out, threshold=s.view.threshold, formats=(),
+                                       max_detections=REPORT_DETECTIONS, gradients=grads, progress=False,
+                                       title=f"Deformable DETR Explorer: {s.image_name}")
+                return written["report"][0]
             if kind == "capture":
                 path = out / f"{stem}.capture.npz"
                 s.capture.save(path)
@@ -686,7 +695,7 @@ class Explorer:
                 return save_figure(table_figure_mpl(s.capture, table, sel), out / f"{what}.{kind}")[0]
             if kind == "html":
                 return self.html_page(s, table, sel).write(out / f"{what}.html")
-        raise UserError(f"unknown export {kind!r}; choose png, svg, html or capture")
+        raise UserError(f"unknown export {kind!r}; choose png, svg, html, report or capture")
 
 
 def mark_selection(picture: np.ndarray, capture, target, scale: float) -> np.ndarray:

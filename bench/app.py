@@ -34,7 +34,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import app  # noqa: E402
-from app_state import Explorer  # noqa: E402,F401
 
 
 def median_ms(fn, n: int) -> tuple[float, float]:

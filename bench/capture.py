@@ -1,7 +1,7 @@
 """Cost of capture: predict time without capture, with the default and with a full capture,
 and after the capture closed, measured side by side (interleaved, median) in one run.
 
-    python bench/capture.py            # small preset at 320x427, R50 multi-scale at 800x1333
+    python bench/capture.py            # small preset at its own size, R50 multi-scale at 800x1333
     python bench/capture.py --quick    # fewer runs (R50: one of each)
 
 Random weights: timing does not depend on them. Prints ratios to the uncaptured model in
@@ -38,9 +38,13 @@ def _time(fn) -> tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
-def bench(preset: str, size: tuple[int, int], runs: int, device: str) -> dict:
+def bench(preset: str, size: tuple[int, int] | None, runs: int, device: str) -> dict:
+    """size (h, w) of the input; None: the preset's own 3:4 size (shorter side min_size)."""
     torch.manual_seed(0)
-    model = ddetr.build_model(ddetr.preset(preset)).eval().to(device)
+    cfg = ddetr.preset(preset)
+    if size is None:
+        size = (cfg.min_size, min(round(cfg.min_size * 4 / 3), cfg.max_size))
+    model = ddetr.build_model(cfg).eval().to(device)
     twin = copy.deepcopy(model)  # never captured: the baseline
     image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -94,10 +98,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     runs_small = args.runs or (3 if args.quick else 7)
     runs_r50 = 1 if args.quick else 3
-    cases = [("small", (320, 427), runs_small)]
+    cases = [("small", None, runs_small)]
     if not args.skip_r50:
         cases.append(("multi_scale", (800, 1333), runs_r50))
-    print(f"device {args.device}, {torch.get_num_threads()} threads, ops: {__import__('ops').implementation(args.device)}")
+    import ops
+
+    print(f"device {args.device}, {torch.get_num_threads()} threads, ops: {ops.implementation(args.device)}")
     for preset, size, runs in cases:
         r = bench(preset, size, runs, args.device)
         c, (h, w) = r["captures"], r["input"]
@@ -107,8 +113,9 @@ def main(argv=None) -> None:
               f"{'full/plain':>10} {'after/plain':>11}")
         for name in ("cpu", "wall") if args.device == "cpu" else ("wall",):
             t = r[name]
-            print(f"  {name + ' seconds':<18} {t['plain']:8.3f} {t['default']:8.3f} {t['full']:8.3f} {t['after']:8.3f} | "
-                  f"{t['default'] / t['plain']:13.3f} {t['full'] / t['plain']:10.3f} {t['after'] / t['plain']:11.3f}")
+            cols = " ".join(f"{t[k]:8.3f}" for k in MODES)
+            print(f"  {name + ' seconds':<18} {cols} | {t['default'] / t['plain']:13.3f} "
+                  f"{t['full'] / t['plain']:10.3f} {t['after'] / t['plain']:11.3f}")
         t = r["cpu" if args.device == "cpu" else "wall"]
         hs = r["hook_seconds"]
         print(f"  time inside the capture hooks / plain: default {hs['default'] / t['plain']:.3f}, "

@@ -20,7 +20,7 @@ _LAZY = {
     "Detections": "postprocess",
 }
 
-__all__ = [*_LAZY, "load", "capture"]
+__all__ = [*_LAZY, "load", "capture", "Capture"]
 
 
 def __getattr__(name: str):
@@ -36,8 +36,6 @@ def load(source, **kwargs):
     return _load(source, **kwargs)
 
 
-def capture(model, **kwargs):
-    """Record every sampling point while the context is open; see ``ddetr.capture.capture``."""
-    from .capture import capture as _capture
-
-    return _capture(model, **kwargs)
+# Imported eagerly: a lazy wrapper named like its submodule would be replaced by the module
+# object as soon as anything imports ``ddetr.capture``. (It needs torch, not the op.)
+from .capture import Capture, capture  # noqa: E402

@@ -213,15 +213,19 @@ class CaptureSession:
         self._thread = threading.get_ident()
         m, t = self.model, self.model.transformer
         reg = self._handles.append
+
+        def after(module, hook):
+            reg(module.register_forward_hook(hook, with_kwargs=True))
+
         reg(m.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
-        reg(m.register_forward_hook(self._on_model_end, with_kwargs=True))
+        after(m, self._on_model_end)
         reg(t.encoder.register_forward_pre_hook(self._on_encoder_start))
         for i in self.encoder:
-            reg(t.encoder.layers[i].self_attn.core.register_forward_hook(partial(self._on_core, "enc", i), with_kwargs=True))
+            after(t.encoder.layers[i].self_attn.core, partial(self._on_core, "enc", i))
         for i in self.decoder:
-            reg(t.decoder.layers[i].cross_attn.core.register_forward_hook(partial(self._on_core, "dec", i), with_kwargs=True))
+            after(t.decoder.layers[i].cross_attn.core, partial(self._on_core, "dec", i))
             if self.self_attention:
-                reg(t.decoder.layers[i].self_attn.register_forward_hook(partial(self._on_self_attn, i), with_kwargs=True))
+                after(t.decoder.layers[i].self_attn, partial(self._on_self_attn, i))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -305,7 +309,8 @@ class CaptureSession:
         if i not in p.plan.self_attention:
             return
         with torch.no_grad():
-            w = self_attention_weights(module, args[0], args[1], kwargs.get("key_padding_mask"), kwargs.get("attn_mask"))
+            w = self_attention_weights(module, args[0], args[1], kwargs.get("key_padding_mask"),
+                                       kwargs.get("attn_mask"))
         p.self_attn[i] = w.to(self.dtype)
 
     @_timed
@@ -402,6 +407,7 @@ def _build_captures(session: CaptureSession, p: _Pass, out, call: int) -> list["
                 left_out.append(f"{part} sampling: not requested ({part}=False)")
         if len(qsel) < Q and (p.dec or p.self_attn):
             left_out.append(f"decoder sampling of {Q - len(qsel)} of {Q} queries (queries={session.queries!r})")
+        queries = session.queries
         meta = {
             "variant": cfg.variant, "class_names": list(cfg.class_names), "num_classes": cfg.num_classes,
             "n_heads": cfg.n_heads, "n_levels": cfg.n_levels, "n_points": cfg.n_points,
@@ -410,7 +416,7 @@ def _build_captures(session: CaptureSession, p: _Pass, out, call: int) -> list["
             "geometry": geometry.to_dict(), "dtype": _DTYPES[session.dtype],
             "encoder_layers": sorted(p.enc), "decoder_layers": sorted(p.dec),
             "self_attention_layers": sorted(p.self_attn),
-            "queries": "all" if session.queries is None else session.queries if isinstance(session.queries, str) else "list",
+            "queries": "all" if queries is None else queries if isinstance(queries, str) else "list",
             "max_bytes": session.max_bytes, "left_out": left_out, "call": call, "image_index": b,
         }
         image = (originals[b].detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)

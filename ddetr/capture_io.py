@@ -214,7 +214,8 @@ class Capture:
             raise ValueError(f"part must be 'encoder' or 'decoder', got {part!r}")
         stored = self.meta["encoder_layers" if key == "enc" else "decoder_layers"]
         if layer not in stored:
-            why = "; ".join(s for s in self.left_out if f"{'encoder' if key == 'enc' else 'decoder'} layer {layer} " in s)
+            name = f"{'encoder' if key == 'enc' else 'decoder'} layer {layer} "
+            why = "; ".join(s for s in self.left_out if name in s)
             raise KeyError(f"{part} layer {layer} was not captured (stored: {stored})"
                            + (f": {why}" if why else "; pass it in capture(..., encoder=/decoder=)"))
         return f"{key}/{layer}"
@@ -264,8 +265,8 @@ class Capture:
                            f"{self.meta['queries']!r}); capture with queries=None to keep all")
         out = self.points("decoder", layer, int(pos[0]))
         scores = 1 / (1 + np.exp(-self.arrays[f"layer/{layer}/logits"][query].astype(np.float64)))
-        out.update(query=int(query), box_image_px=self.geometry.box_to_image(self.arrays[f"layer/{layer}/boxes"][query]),
-                   label=int(scores.argmax()), score=float(scores.max()))
+        box = self.geometry.box_to_image(self.arrays[f"layer/{layer}/boxes"][query])
+        out.update(query=int(query), box_image_px=box, label=int(scores.argmax()), score=float(scores.max()))
         sa = self.arrays.get(f"{prefix}/self_attention")
         out["self_attention"] = None if sa is None else sa[:, int(pos[0])].astype(np.float32)
         return out
@@ -286,15 +287,18 @@ class Capture:
         each layer's output box xyxy; scores, labels (D,) its top class per layer."""
         D, g = self.meta["dec_layers"], self.geometry
         wh4 = np.tile(g.orig_wh, 2)
-        ref_boxes = np.full((D, 4), np.nan)
+        ref_points, ref_boxes = np.zeros((D, 2)), np.full((D, 4), np.nan)
         boxes, scores, labels = np.zeros((D, 4)), np.zeros(D), np.zeros(D, dtype=np.int64)
         for i in range(D):
-            r = self.arrays[f"layer/{i}/reference"][query].astype(np.float64)
-            ref_boxes[i, : r.shape[-1]] = r * wh4[: r.shape[-1]]
+            r = self.arrays[f"layer/{i}/reference"][query].astype(np.float64)  # (2,) point or (4,) box
+            r = r * wh4[: r.shape[-1]]
+            ref_points[i] = r[:2]
+            if r.shape[-1] == 4:
+                ref_boxes[i] = r
             boxes[i] = g.box_to_image(self.arrays[f"layer/{i}/boxes"][query])
             s = 1 / (1 + np.exp(-self.arrays[f"layer/{i}/logits"][query].astype(np.float64)))
             scores[i], labels[i] = s.max(), s.argmax()
-        return {"reference_points": ref_boxes[:, :2].copy(), "reference_boxes": ref_boxes,
+        return {"reference_points": ref_points, "reference_boxes": ref_boxes,
                 "boxes": boxes, "scores": scores, "labels": labels}
 
     def summary(self) -> str:
@@ -307,7 +311,8 @@ class Capture:
                  f"levels (W x H): {', '.join(f'{x}x{y}' for y, x in g.spatial_shapes.tolist())}; "
                  f"{m['n_heads']} heads x {m['n_levels']} levels x {m['n_points']} points"]
         enc = m["encoder_layers"]
-        lines.append(f"encoder: layers {enc} of {m['enc_layers']}, all {Lv} tokens" if enc else "encoder: nothing stored")
+        lines.append(f"encoder: layers {enc} of {m['enc_layers']}, all {Lv} tokens" if enc
+                     else "encoder: nothing stored")
         dec = m["decoder_layers"]
         if dec or m["self_attention_layers"]:
             n = self.arrays["dec/query_index"].size
@@ -321,11 +326,12 @@ class Capture:
                          f"{self.arrays['proposals/index'].size} became queries")
         det = self.detections
         if len(det):
-            lines.append(f"{len(det)} detections (top-{m['top_k']}); best {det.label_names[0]} {float(det.scores[0]):.3f}")
+            lines.append(f"{len(det)} detections (top-{m['top_k']}); best {det.label_names[0]} "
+                         f"{float(det.scores[0]):.3f}")
         lines += [f"left out: {s}" for s in m["left_out"]] or ["left out: nothing"]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         g = self.geometry
-        return (f"Capture({self.meta['variant']}, image {g.orig_size[1]}x{g.orig_size[0]}, encoder {self.encoder_layers}, "
-                f"decoder {self.decoder_layers}, {self.nbytes / 1e6:.1f} MB)")
+        return (f"Capture({self.meta['variant']}, image {g.orig_size[1]}x{g.orig_size[0]}, "
+                f"encoder {self.encoder_layers}, decoder {self.decoder_layers}, {self.nbytes / 1e6:.1f} MB)")

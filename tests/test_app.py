@@ -253,6 +253,8 @@ def test_exports(server, files):
     assert "<svg" in svg
     html = open(c.predict("html", api_name="/export"), encoding="utf-8").read()
     assert "<html" in html.lower() and "plotly" in html.lower() and "scene_0.png" in html
+    report = open(c.predict("report", api_name="/export"), encoding="utf-8").read()
+    assert report.count("<details") >= 10  # a section per detection (the 10 best)
     cap = Capture.load(c.predict("capture", api_name="/export"))
     sess = next(s for s in demo.explorer.store._items.values() if s.target == ("detection", 1) and s.image_name == "scene_0.png")
     assert cap == sess.capture

@@ -56,7 +56,8 @@ def test_captured_sampling_reproduces_every_layer(overrides):
     def record(key, module, args, kwargs, output):
         seen[key] = (*args, output)
 
-    handles = [core.register_forward_hook(partial(record, (part, i)), with_kwargs=True) for part, i, core in _cores(model)]
+    handles = [core.register_forward_hook(partial(record, (part, i)), with_kwargs=True)
+               for part, i, core in _cores(model)]
     try:
         with capture(model, dtype=torch.float32, max_bytes=None) as cap:
             model.predict([IMG_A, IMG_B])
@@ -118,12 +119,29 @@ def test_detections_and_trajectory_match_predict():
         # The capture's boxes per layer are the model's (call 1 recorded the same forward again).
         np.testing.assert_allclose(c.arrays["layer/0/boxes"], out.aux[0].boxes[i].numpy())
         np.testing.assert_allclose(c.decoder_points(1, q)["box_image_px"], d.boxes[0].numpy(), rtol=1e-5, atol=1e-3)
-        assert c.image.shape == (IMG_A if i == 0 else IMG_B).shape and np.array_equal(c.image, IMG_A if i == 0 else IMG_B)
+        assert np.array_equal(c.image, (IMG_A, IMG_B)[i])  # the original, not the resized input
     assert [c.meta["call"] for c in cap.captures] == [0, 0, 1, 1]
     # two-stage: the proposals that became queries are the top proposal scores among the valid ones
     c = cap.captures[0]
     scores = np.where(c.arrays["proposals/valid"], c.arrays["proposals/scores"], -1)
     assert set(c.arrays["proposals/index"].tolist()) == set(np.argsort(-scores)[:20].tolist())
+
+
+def test_trajectory_of_learned_queries_starts_from_a_point():
+    model = tiny(two_stage=False)  # refinement: layer 0 reads a point, layer 1 the refined box
+    with capture(model, encoder=False) as cap:
+        model.predict(IMG_A)
+    c = cap.last
+    t = c.trajectory(4)
+    assert np.isnan(t["reference_boxes"][0]).all() and np.isfinite(t["reference_boxes"][1]).all()
+    # layer 1 starts from layer 0's output box (detached, same values)
+    np.testing.assert_allclose(frames_xyxy(t["reference_boxes"][1]), t["boxes"][0], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(t["reference_points"][0], c.arrays["layer/0/reference"][4] * [150, 90], rtol=1e-6)
+    assert "proposals/boxes" not in c.arrays and c.meta["two_stage"] is False
+
+
+def frames_xyxy(b):
+    return np.concatenate([b[:2] - b[2:] / 2, b[:2] + b[2:] / 2])
 
 
 # ----------------------------------------------------------------------------- known answers
@@ -347,7 +365,8 @@ def test_plan_estimate_matches_real_size():
 
 def test_query_and_layer_selection():
     model = tiny()
-    with capture(model, max_bytes=None) as full, capture(model, queries="detections", encoder=False, decoder=[1]) as sel:
+    with capture(model, max_bytes=None) as full, \
+            capture(model, queries="detections", encoder=False, decoder=[1]) as sel:
         dets = model.predict(IMG_A)
     f, s = full.last, sel.last
     qi = s.arrays["dec/query_index"]
