@@ -48,7 +48,7 @@ GET_MODEL = """The default model {path} is missing.
   - It ships with the repository: restore it (e.g. `git checkout -- examples/`), or
   - train one: `python -m ddetr.data.synthetic --out data/synthetic --train 5000 --val 500` then
     `python -m ddetr.train --coco-dir data/synthetic --preset small --out runs/small`, and start with
-    `python app.py --checkpoint runs/small/<checkpoint>`, or
+    `python app.py --checkpoint runs/small/model.safetensors`, or
   - load any Deformable DETR checkpoint: `python app.py --checkpoint PATH` (official .pth,
     a transformers folder, ours .safetensors), or
   - explore an untrained model: `python app.py --random-weights` (labelled as such on the page)."""
@@ -67,9 +67,11 @@ def random_model(seed: int = 0, preset: str = "small") -> LoadedModel:
     cfg = ddetr.preset(preset, num_classes=len(names), class_names=names)
     torch.manual_seed(seed)
     model = ddetr.build_model(cfg)
+    # Every tensor is listed as missing: the report then says "RANDOMLY INITIALIZED (N tensors)".
     report = LoadReport("random", f"RANDOM WEIGHTS ({preset}, seed {seed})", cfg.variant, cfg, cfg.num_classes,
-                        "the synthetic shapes (the model is untrained)",
-                        notes=["randomly initialized (--random-weights): detections and attention are meaningless"])
+                        "the synthetic shapes (the model is untrained)", missing_keys=list(model.state_dict()),
+                        notes=["randomly initialized (--random-weights): detections and attention are meaningless"],
+                        strict=False)
     return LoadedModel("random weights", model, report, random_weights=True)
 
 
@@ -163,21 +165,32 @@ CHECKPOINT_HELP = ("What was loaded, and diagnostics that point at training prob
                    "outside the image, levels that receive almost no attention.")
 
 
-def model_header(lm: LoadedModel) -> str:
+def header_parts(lm: LoadedModel) -> tuple[str, str, str, str]:
+    """(checkpoint, format, variant, classes) as shown at the top of the page."""
     r, cfg = lm.report, lm.model.cfg
-    names = [n for n in cfg.class_names if n != "N/A"]
+    names = [n for n in cfg.class_names if n != "N/A"]  # "N/A": ids COCO never uses (official layout)
     shown = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
-    head = (f"## Deformable DETR Explorer\n**Checkpoint:** `{r.source if r is not None else lm.name}`"
-            f"{f' ({r.format})' if r is not None else ''} · **variant:** {cfg.variant} · "
-            f"**classes ({len(names)}):** {shown}")
+    return (r.source if r is not None else lm.name, r.format if r is not None else "?", cfg.variant,
+            f"({len(names)}): {shown}")
+
+
+RANDOM_BANNER = ("RANDOM WEIGHTS: this model is untrained; its detections and attention are meaningless "
+                 "(started with --random-weights).")
+
+
+def model_header(lm: LoadedModel) -> str:
+    source, fmt, variant, classes = header_parts(lm)
+    head = (f"## Deformable DETR Explorer\n**Checkpoint:** `{source}` ({fmt}) · **variant:** {variant} · "
+            f"**classes** {classes}")
     if lm.random_weights:
-        head = ('<div class="ddetr-random">RANDOM WEIGHTS: this model is untrained; its detections and '
-                "attention are meaningless (started with --random-weights).</div>\n\n" + head)
+        head = f'<div class="ddetr-random">{RANDOM_BANNER}</div>\n\n' + head
     return head
 
 
 def plain_header(lm: LoadedModel) -> str:
-    return model_header(lm).replace("**", "").replace("`", "").replace("## ", "")
+    source, fmt, variant, classes = header_parts(lm)
+    text = f"checkpoint: {source} ({fmt}); variant: {variant}; classes {classes}"
+    return (RANDOM_BANNER + "\n" + text) if lm.random_weights else text
 
 
 def report_markdown(lm: LoadedModel) -> str:

@@ -15,6 +15,8 @@ from torch import nn
 
 import ops
 
+from .frames import sampling_locations
+
 
 class SamplingCore(nn.Module):
     """Calls ``ops.ms_deform_attn``; stateless, so hooks see the op's exact inputs.
@@ -43,25 +45,9 @@ class SamplingCore(nn.Module):
         return ops.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
-def sampling_locations_from(
-    reference_points: torch.Tensor, offsets: torch.Tensor, spatial_shapes: torch.Tensor, n_points: int
-) -> torch.Tensor:
-    """The official location formula, kept in one place (capture re-uses it for frames).
-
-    reference_points (B, Lq, L, 2): locations = ref + offset / (W_l, H_l), i.e. offsets are in
-    level pixels. reference_points (B, Lq, L, 4) boxes: locations = centre + offset / P * wh / 2,
-    i.e. offsets are in units of the box half-size divided by the number of points.
-    Returns (B, Lq, M, L, P, 2), x first, normalized to each level's padded map.
-    """
-    if reference_points.shape[-1] == 2:
-        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)  # (L, 2) = (W, H)
-        return reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-    if reference_points.shape[-1] == 4:
-        return (
-            reference_points[:, :, None, :, None, :2]
-            + offsets / n_points * reference_points[:, :, None, :, None, 2:] * 0.5
-        )
-    raise ValueError(f"reference_points must end in 2 or 4 coordinates, got shape {tuple(reference_points.shape)}")
+# The official location formula lives in ddetr/frames.py, importable without the op, so a
+# saved capture is decoded with the very function the model used.
+sampling_locations_from = sampling_locations
 
 
 class MSDeformAttn(nn.Module):

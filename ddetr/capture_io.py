@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attention import sampling_locations_from
-from .frames import Geometry
+from .frames import Geometry, sampling_locations
 from .postprocess import Detections
 
 FORMAT = "ddetr-capture"
@@ -231,7 +230,7 @@ class Capture:
             return {"locations": a[f"{prefix}/locations"][sel], "weights": weights, "offsets": None, "references": None}
         ref = a[f"{prefix}/references"][sel]
         off = a[f"{prefix}/offsets"][sel].astype(np.float32)
-        loc = sampling_locations_from(torch.from_numpy(np.ascontiguousarray(ref))[None],
+        loc = sampling_locations(torch.from_numpy(np.ascontiguousarray(ref))[None],
                                       torch.from_numpy(np.ascontiguousarray(off))[None],
                                       torch.from_numpy(self.geometry.spatial_shapes), off.shape[-2])[0]
         return {"locations": loc.numpy(), "weights": weights, "offsets": off, "references": ref}

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 def _per_level(values: np.ndarray, ndim: int, level_axis: int) -> np.ndarray:
@@ -45,6 +46,27 @@ def _per_level(values: np.ndarray, ndim: int, level_axis: int) -> np.ndarray:
     shape[level_axis] = values.shape[0]
     shape[-1] = 2
     return values.reshape(shape)
+
+
+def sampling_locations(reference_points: torch.Tensor, offsets: torch.Tensor, spatial_shapes: torch.Tensor,
+                       n_points: int) -> torch.Tensor:
+    """The op-frame locations from their factors: the official formula, operation for
+    operation as ``attention.sampling_locations_from`` (tested bit-equal), here so that a
+    capture can be read without importing the model or building the op.
+
+    reference_points (B, Lq, L, 2 | 4); offsets (B, Lq, M, L, P, 2); spatial_shapes (L, 2).
+    Points: ref + offset / (W_l, H_l). Boxes: centre + offset / P * wh / 2.
+    Returns (B, Lq, M, L, P, 2).
+    """
+    if reference_points.shape[-1] == 2:
+        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)  # (L, 2)
+        return reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+    if reference_points.shape[-1] == 4:
+        return (
+            reference_points[:, :, None, :, None, :2]
+            + offsets / n_points * reference_points[:, :, None, :, None, 2:] * 0.5
+        )
+    raise ValueError(f"reference_points must end in 2 or 4 coordinates, got shape {tuple(reference_points.shape)}")
 
 
 def box_cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:

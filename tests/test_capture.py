@@ -398,6 +398,18 @@ def test_front_door_stays_callable():
     assert len(cap.captures) == 1
 
 
+def test_reading_captures_does_not_build_the_op(saved):
+    """A capture is re-rendered without the model: loading and reading one imports no op."""
+    import subprocess
+    import sys
+
+    _, path = saved
+    code = ("import sys; from ddetr.capture import Capture; c = Capture.load(sys.argv[1]); "
+            "c.decoder_points(1, 0); c.encoder_points(0, 5, 5); assert 'ops' not in sys.modules, 'ops imported'")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_bad_arguments_are_explained():
     model = tiny()
     with pytest.raises(ValueError, match="float16 or torch.float32"):

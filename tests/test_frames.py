@@ -73,6 +73,29 @@ def test_offsets_of_point_references_are_the_raw_offsets():
     np.testing.assert_allclose(o["image_px"], off[0].numpy() * (g.orig_wh / g.valid_wh)[None, None, :, None], atol=1e-9)
 
 
+def test_location_formula_known_answers():
+    """The model samples with frames.sampling_locations; check it against hand arithmetic.
+
+    Points: offsets are level pixels (x / W_l, y / H_l). Boxes: offsets are in units of the
+    half-size divided by the number of points (official formula, sec. A.4 of the paper).
+    """
+    from ddetr.attention import sampling_locations_from
+
+    shapes = torch.tensor([[10, 20], [5, 10]])  # (H, W) per level
+    off = torch.zeros(1, 1, 1, 2, 2, 2)
+    off[0, 0, 0, 0, 1] = torch.tensor([2.0, -1.0])  # level 0, point 1: 2 px right, 1 px up
+    ref = torch.tensor([[[[0.5, 0.5], [0.25, 0.75]]]])  # (B, Lq, L, 2)
+    loc = sampling_locations_from(ref, off, shapes, 2)
+    assert torch.allclose(loc[0, 0, 0, 0, 1], torch.tensor([0.5 + 2 / 20, 0.5 - 1 / 10]))
+    assert torch.allclose(loc[0, 0, 0, 1, 0], torch.tensor([0.25, 0.75]))
+    box = torch.tensor([[[[0.5, 0.5, 0.4, 0.2], [0.5, 0.5, 0.4, 0.2]]]])  # cx, cy, w, h
+    loc = sampling_locations_from(box, off, shapes, 2)
+    # centre + offset / P * wh / 2 = 0.5 + 2 / 2 * 0.2, 0.5 - 1 / 2 * 0.1
+    assert torch.allclose(loc[0, 0, 0, 0, 1], torch.tensor([0.7, 0.45]))
+    with pytest.raises(ValueError, match="2 or 4"):
+        sampling_locations_from(torch.zeros(1, 1, 2, 3), off, shapes, 2)
+
+
 def test_box_references_in_image_pixels():
     g = _geometry()
     box = np.array([0.5, 0.25, 0.2, 0.4])  # cxcywh of the unpadded image
