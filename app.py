@@ -21,6 +21,10 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+# Before torch starts OpenMP: idle OpenMP threads sleep instead of spinning. A server shares its
+# cores (with other requests, other programs); on a busy 2-core machine spinning teams made the
+# small model's forward 30x slower (3 s instead of 0.1 s, bench/app.py). Override in the environment.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr  # noqa: E402
 
@@ -138,15 +142,15 @@ VIEW_HELP = ("**Left:** the detections. Click a box for its decoder view (where 
              "is the reference point. Click it anywhere for the encoder view of that pixel.")
 # (tab id, title, help text) of the figure tabs; each tab's content is drawn when it is shown.
 TABS = [
-    ("interactive", "Interactive view", "The attention view as an interactive figure: hover a point for its "
+    ("interactive", "Interactive", "The attention view as an interactive figure: hover a point for its "
      "head, level, weight and offsets; click legend entries to hide heads."),
-    ("trajectory", "Refinement trajectory", "Iterative box refinement (paper sec. 4.1): the selected query's "
+    ("trajectory", "Refinement", "Iterative box refinement (paper sec. 4.1): the selected query's "
      "reference and box after each decoder layer, light (first) to dark (last)."),
-    ("proposals", "Two-stage proposals", "Two-stage models (paper sec. 4.1) score every encoder pixel as a "
+    ("proposals", "Proposals", "Two-stage models (paper sec. 4.1) score every encoder pixel as a "
      "proposal; the best become the decoder's queries. Ringed: proposals that became queries."),
     ("heatmaps", "Heatmaps", "Where attention mass lands: every point's weight spread onto the feature cells "
      "the op reads (bilinear), per level and summed. The selected detection, or all shown detections."),
-    ("grid", "Layer × head grid", "Small multiples of the selected query: rows are decoder layers, columns heads. "
+    ("grid", "Layer × head", "Small multiples of the selected query: rows are decoder layers, columns heads. "
      "A head's habit (direction, distance, level) and its change with depth."),
     ("statistics", "Statistics", "Over all shown detections: mass per level against object size, each head's "
      "mean offset, attention entropy per head and layer, points outside the image."),
@@ -154,7 +158,7 @@ TABS = [
      "query, one step at a time, with its real numbers: reference point, offsets, bilinear sampling, the "
      "softmax over levels and points, the weighted sum, and what it saves over dense attention. "
      "Tick a single head above to follow that head (default: the head of the heaviest point)."),
-    ("gradients", "Gradients (Figure 5)", "The paper's Figure 5: how strongly the selected detection's box "
+    ("gradients", "Gradients (Fig. 5)", "The paper's Figure 5: how strongly the selected detection's box "
      "centre, size and class score depend on each input pixel (gradient norm). Compare with where it samples."),
 ]
 EXPORT_KINDS = [("current view as PNG", "png"), ("current view as SVG", "svg"),
@@ -313,10 +317,11 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
         det_list.input(guarded(h.select_detection), [det_list, key], out, api_name="select_detection")
         det_image.select(guarded(h.on_det_select), [key], out, api_name=False)
         att_image.select(guarded(h.on_att_select), [key], out, api_name=False)
-        threshold.release(guarded(h.set_threshold), [threshold, key], out, api_name="set_threshold")
+        # .input fires while a slider is dragged or typed into; always_last drops stale redraws.
+        threshold.input(guarded(h.set_threshold), [threshold, key], out, api_name="set_threshold",
+                        trigger_mode="always_last")
         for c in controls:
-            (c.release if isinstance(c, gr.Slider) else c.input)(guarded(h.set_view), [*controls, key], out,
-                                                                  api_name=False)
+            c.input(guarded(h.set_view), [*controls, key], out, api_name=False, trigger_mode="always_last")
         # Plain endpoints for API clients and tests; the select handlers above wrap the same calls.
         with gr.Row(visible=False):
             x_in, y_in = gr.Number(label="x"), gr.Number(label="y")
@@ -380,14 +385,16 @@ class Handlers:
         s = self.x.session(key)
         s.view.threshold = float(threshold)
         self.x.run(s, path, progress)
-        return self.render(s)
+        with s.lock:
+            return self.render(s)
 
     def detect_example(self, name, threshold, key, progress=gr.Progress()):
         path = self.x.example_path(str(name))
         s = self.x.session(key)
         s.view.threshold = float(threshold)
         self.x.run(s, path, progress)
-        return self.render(s)
+        with s.lock:
+            return self.render(s)
 
     def on_gallery(self, group, threshold, key, evt: gr.SelectData, progress=gr.Progress()):
         name = list(self.x.examples[group])[evt.index]

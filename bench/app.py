@@ -15,11 +15,16 @@
 
 Without examples/default_model.safetensors the untrained ``small`` model (same architecture,
 so the same speed) stands in, and the output says so.
+
+Everything timed runs on a worker thread, as Gradio runs handlers (``anyio.to_thread``), and
+with ``OMP_WAIT_POLICY=PASSIVE`` as app.py sets it (on a busy 2-core machine, spinning OpenMP
+teams made the small model's forward 30x slower: 3 s instead of 0.1 s).
 """
 from __future__ import annotations
 
 import argparse
 import os
+from concurrent.futures import ThreadPoolExecutor
 import socket
 import statistics
 import sys
@@ -27,6 +32,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as app.py: before torch is imported
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -34,6 +40,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import app  # noqa: E402
+
+
+_WORKER = ThreadPoolExecutor(1, thread_name_prefix="bench-worker")
+
+
+def on_worker(fn):
+    """Run ``fn`` on the worker thread (as a Gradio handler runs) and return its result."""
+    return _WORKER.submit(fn).result()
 
 
 def median_ms(fn, n: int) -> tuple[float, float]:
@@ -175,7 +189,7 @@ def bench_r50(repeats: int) -> None:
           f"(same weights; max |logit difference| {err:.1e})")
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> None:  # noqa: D103
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=20, help="view changes timed per kind")
     ap.add_argument("--r50-repeats", type=int, default=2)
@@ -183,9 +197,10 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    bench_views(args.repeats)
+    on_worker(lambda: torch.set_num_threads(args.threads))
+    on_worker(lambda: bench_views(args.repeats))
     if not args.skip_r50:
-        bench_r50(args.r50_repeats)
+        on_worker(lambda: bench_r50(args.r50_repeats))
 
 
 if __name__ == "__main__":

@@ -261,24 +261,26 @@ def test_exports(server, files):
 
 
 def test_select_events_are_thin_wrappers_over_xy(server):
+    """A click event at display pixel (u, v) does exactly what /click does at the image point."""
     import gradio as gr
 
     _, demo, _ = server
-    ex = demo.explorer
+    ex, h = demo.explorer, demo.handlers
     s = ex.store.create(ex.registry.startup_name)
-    ex.run(s, files_path := next(iter(ex.examples["synthetic"].values())))
-    from app import Handlers
-
-    h = next(fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "on_det_select").fn
-    assert files_path.name == s.image_name
+    s.view.threshold = 0.0
+    ex.run(s, next(iter(ex.examples["synthetic"].values())))
     scale = ex.scale(s)
-    evt = gr.SelectData(None, {"index": [40, 30], "value": None})
-    h(s.key, evt)
-    assert s.target[0] in ("detection", "pixel")
-    ex.click(s, (40 + 0.5) / scale, (30 + 0.5) / scale)
-    expected = s.target
-    h(s.key, evt)
-    assert s.target == expected and isinstance(Handlers, type)
+    det = s.capture.detections
+    x0, y0, x1, y1 = det.boxes[0].tolist()
+    for u, v in [(2, 3), ((x0 + x1) / 2 * scale, (y0 + y1) / 2 * scale)]:
+        u, v = int(u), int(v)
+        h.on_det_select(s.key, gr.SelectData(None, {"index": [u, v], "value": None}))
+        by_event = s.target
+        h.click((u + 0.5) / scale, (v + 0.5) / scale, s.key)
+        assert s.target == by_event
+    assert s.target[0] == "detection"
+    h.on_att_select(s.key, gr.SelectData(None, {"index": [5, 5], "value": None}))
+    assert s.target == ("pixel", ((5 + 0.5) / scale, (5 + 0.5) / scale))  # the attention view: always a pixel
 
 
 def test_clients_get_their_own_sessions(server):

@@ -210,7 +210,7 @@ void backward_kernel(const T* grad_out, const T* value, const Levels& lv, const 
   // with a 1 KB stride, which made it twice as slow). Heads are split into as few groups
   // as keep every thread busy, then levels.
   const int64_t threads = at::get_num_threads();
-  const int64_t groups = std::min(d.M, (threads + d.B - 1) / d.B);
+  const int64_t groups = std::min(d.M, std::max<int64_t>(2, (threads + d.B - 1) / d.B));
   const int64_t splits = std::min(d.L, (threads + d.B * groups - 1) / (d.B * groups));
   at::parallel_for(0, d.B * groups * splits, 1, [&](int64_t begin, int64_t end) {
     const std::vector<T> zero_row(D, T(0));
