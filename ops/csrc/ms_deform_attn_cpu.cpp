@@ -85,6 +85,29 @@ void weighted_row_sum(const T* const* rows, const T* w, int64_t n, int64_t D, T*
   }
 }
 
+// One corner of the backward: acc += v * go lane-wise (the dot product, reduced later) and
+// gr += wa * go, over D channels in SIMD blocks; returns the dot product of the channels
+// past the last full block. __restrict__ and D by value let the compiler keep everything in
+// registers (through a captured reference it reloaded D after every store).
+template <typename T>
+inline T corner_backward(const T* __restrict__ v, const T* __restrict__ go, T* __restrict__ gr,
+                         T wa, int64_t D, typename Simd<T>::type& acc) {
+  using S = Simd<T>;
+  constexpr int64_t K = S::size;
+  int64_t ch = 0;
+  for (; ch + K <= D; ch += K) {
+    const auto g = S::load(go + ch);
+    acc += S::load(v + ch) * g;
+    S::store(gr + ch, S::load(gr + ch) + g * wa);
+  }
+  T tail = T(0);
+  for (; ch < D; ++ch) {
+    tail += v[ch] * go[ch];
+    gr[ch] += wa * go[ch];
+  }
+  return tail;
+}
+
 // (H, W, start) of each level as int32, with levels that do not fit into Lv emptied.
 struct Levels {
   std::vector<int32_t> H, W, start;
@@ -195,13 +218,55 @@ struct BackwardList {
   }
 };
 
+// The gradients of the points of one (query, head) from its backward list. NB > 0: D is
+// exactly NB SIMD blocks, known at compile time, so grad_out and the four dot-product
+// accumulators stay in registers; NB = 0: any D.
+template <typename T, int NB>
+void backward_points(const BackwardList<T>& list, const int64_t* index, int64_t n,
+                     const T* go, const T* attn, T* grad_attn, T* grad_loc, const Levels& lv,
+                     int64_t D) {
+  using S = Simd<T>;
+  using V = typename S::type;
+  constexpr int64_t K = S::size;
+  V g[NB > 0 ? NB : 1];
+  if constexpr (NB > 0) {
+    for (int b = 0; b < NB; ++b) g[b] = S::load(go + b * K);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const Footprint<T>& f = list.fp[j];
+    const int64_t i = index[j];  // l * P + p within the item
+    const T a = attn[i];
+    V acc[4] = {};  // per-lane partial sums of <value row, grad_out>
+    T tail[4] = {};  // the same for channels past the last full block (NB = 0 only)
+    for (int c = 0; c < 4; ++c) {
+      const T* v = list.rows[4 * j + c];
+      T* gr = list.grad_rows[4 * j + c];
+      const T wa = f.weight[c] * a;
+      if constexpr (NB > 0) {
+        for (int b = 0; b < NB; ++b) {
+          acc[c] += S::load(v + b * K) * g[b];
+          S::store(gr + b * K, S::load(gr + b * K) + g[b] * wa);
+        }
+      } else {
+        tail[c] = corner_backward<T>(v, go, gr, wa, D, acc[c]);
+      }
+    }
+    const int32_t H = lv.H[list.level[j]], W = lv.W[list.level[j]];
+    V va, vx, vy;
+    bilinear_point_grads<T, V>(f, acc, a, H, W, va, vx, vy);
+    T sa = T(0), sx = T(0), sy = T(0);
+    if (NB == 0 && D % K != 0) bilinear_point_grads<T, T>(f, tail, a, H, W, sa, sx, sy);
+    grad_attn[i] = LaneSum<T, 64>::sum(va) + sa;
+    grad_loc[2 * i] = LaneSum<T, 64>::sum(vx) + sx;
+    grad_loc[2 * i + 1] = LaneSum<T, 64>::sum(vy) + sy;
+  }
+}
+
 template <typename T>
 void backward_kernel(const T* grad_out, const T* value, const Levels& lv, const T* loc,
                      const T* attn, T* grad_value, T* grad_loc, T* grad_attn,
                      const MsdaDims& d) {
-  using S = Simd<T>;
-  using V = typename S::type;
-  constexpr int64_t K = S::size;
+  constexpr int64_t K = Simd<T>::size;
   const int64_t MD = d.M * d.D, LP = d.L * d.P, D = d.D;
   // A task owns a range of heads of batch element b on a range of levels: the grad_value
   // rows of those (heads, levels) are written by no other task, so there are no atomics and
@@ -209,8 +274,13 @@ void backward_kernel(const T* grad_out, const T* value, const Levels& lv, const 
   // loc/attn/grad_out are read in whole cache lines (a task per single head reads them
   // with a 1 KB stride, which made it twice as slow). Heads are split into as few groups
   // as keep every thread busy, then levels.
+  const int64_t nb = D % K == 0 ? D / K : 0;
+  const auto process = nb == 1   ? backward_points<T, 1>
+                       : nb == 2 ? backward_points<T, 2>
+                       : nb == 4 ? backward_points<T, 4>
+                                 : backward_points<T, 0>;
   const int64_t threads = at::get_num_threads();
-  const int64_t groups = std::min(d.M, std::max<int64_t>(2, (threads + d.B - 1) / d.B));
+  const int64_t groups = std::min(d.M, (threads + d.B - 1) / d.B);
   const int64_t splits = std::min(d.L, (threads + d.B * groups - 1) / (d.B * groups));
   at::parallel_for(0, d.B * groups * splits, 1, [&](int64_t begin, int64_t end) {
     const std::vector<T> zero_row(D, T(0));
@@ -240,37 +310,8 @@ void backward_kernel(const T* grad_out, const T* value, const Levels& lv, const 
         const int64_t n = n_next;
         if (k + 1 < n_items) n_next = build(next, next_index, k + 1);  // prefetches its rows
         const int64_t item = item_of(k);
-        const T* go = grad_out + item * D;
-        for (int64_t j = 0; j < n; ++j) {
-          const Footprint<T>& f = cur.fp[j];
-          const int64_t i = item * LP + cur_index[j];
-          const T a = attn[i];
-          V gv[4] = {};  // per-lane partial sums of <value row, grad_out>
-          T gs[4] = {};  // the same for channels past the last full vector
-          for (int c = 0; c < 4; ++c) {
-            const T* v = cur.rows[4 * j + c];
-            T* gr = cur.grad_rows[4 * j + c];
-            const T wa = f.weight[c] * a;
-            int64_t ch = 0;
-            for (; ch + K <= D; ch += K) {
-              const V g = S::load(go + ch);
-              gv[c] += S::load(v + ch) * g;
-              S::store(gr + ch, S::load(gr + ch) + g * wa);
-            }
-            for (; ch < D; ++ch) {
-              gs[c] += v[ch] * go[ch];
-              gr[ch] += wa * go[ch];
-            }
-          }
-          const int32_t H = lv.H[cur.level[j]], W = lv.W[cur.level[j]];
-          V va, vx, vy;
-          bilinear_point_grads<T, V>(f, gv, a, H, W, va, vx, vy);
-          T sa, sx, sy;
-          bilinear_point_grads<T, T>(f, gs, a, H, W, sa, sx, sy);
-          grad_attn[i] = LaneSum<T, 64>::sum(va) + sa;
-          grad_loc[2 * i] = LaneSum<T, 64>::sum(vx) + sx;
-          grad_loc[2 * i + 1] = LaneSum<T, 64>::sum(vy) + sy;
-        }
+        process(cur, cur_index.data(), n, grad_out + item * D, attn + item * LP,
+                grad_attn + item * LP, grad_loc + item * LP * 2, lv, D);
       }
     }
   });
