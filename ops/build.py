@@ -37,7 +37,7 @@ HEADERS = ["ms_deform_attn_math.h", "ms_deform_attn_checks.h"]
 # -march=native is safe because the JIT builds on the machine that runs the code, and the
 # CPU's feature flags are part of the build key. -fopenmp makes at::parallel_for parallel
 # (without it ATen's header falls back to a serial loop); it links the libgomp torch loaded.
-CPU_CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+CPU_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-Wno-psabi"]  # psabi: internal SIMD types
 CPU_LDFLAGS = ["-fopenmp"]
 CUDA_CFLAGS = ["-O3", "-lineinfo"]
 
