@@ -190,6 +190,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-steps", type=int, help="stop (as if finished) after this optimizer step")
     ap.add_argument("--max-minutes", type=float, help="pause with a checkpoint after this long")
     ap.add_argument("--resume", help="checkpoint.pt to continue from; 'auto': OUT/checkpoint.pt if present")
+    ap.add_argument("--init", metavar="CKPT",
+                    help="start from these weights (any format ddetr.checkpoint.load reads, e.g. the shipped "
+                         "model) with a fresh optimizer; ignored when --resume finds a checkpoint")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is visible; use --device cpu")
@@ -239,8 +242,19 @@ def train(args: argparse.Namespace) -> int:
         torch.set_float32_matmul_precision("high")
 
     train_set = CocoDetection(args.coco_dir, "train", drop_crowd=True)
+    init_model = None
     if ckpt is not None:
         cfg = DDETRConfig.from_dict(ckpt["config"])  # the architecture is the checkpoint's
+    elif args.init:
+        from ddetr.checkpoint import load as load_checkpoint
+
+        init_model, report = load_checkpoint(args.init)
+        cfg = init_model.cfg
+        if cfg.num_classes != train_set.num_classes:
+            raise SystemExit(f"--init {args.init}: the model has {cfg.num_classes} classes but the dataset "
+                             f"has {train_set.num_classes}; train a new model or use a matching dataset")
+        if main_proc:
+            print(f"--init: starting from {args.init} ({report.format}, {report.variant})", file=sys.stderr)
     else:
         cfg = preset(args.preset, num_classes=train_set.num_classes,
                      class_names=tuple(train_set.class_names), **config_overrides(args.set))
@@ -252,7 +266,10 @@ def train(args: argparse.Namespace) -> int:
                          f"on each of {world} processes; lower --batch-size")
 
     torch.manual_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    if init_model is not None:
+        model.load_state_dict(init_model.state_dict())
+    model = model.to(device)
     criterion = SetCriterion(cfg.num_classes)
     optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.lr_backbone, args.lr_linear_proj_mult),
                                   lr=args.lr, weight_decay=args.weight_decay)

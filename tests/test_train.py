@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ddetr.box_ops import box_xyxy_to_cxcywh
+from ddetr.checkpoint import save
 from ddetr.config import preset
 from ddetr.criterion import SetCriterion
 from ddetr.data.coco import CocoDetection
@@ -88,6 +89,22 @@ def test_resume_continues_exactly(synthetic, tmp_path):
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (6, 1, 2)
     assert (tmp_path / "b" / "model.safetensors").is_file() and (tmp_path / "b" / "curves.png").is_file()
     assert len(_rows(tmp_path / "b", "eval")) == 2  # one per finished invocation
+
+
+def test_init_starts_from_saved_weights(synthetic, tmp_path):
+    """--init continues from an exported model (fresh optimizer): its first loss equals the
+    loss the source run logged for the same batch at the step it stopped."""
+    main(_train_args(synthetic, tmp_path / "a", "--max-steps", "2"))
+    main(_train_args(synthetic, tmp_path / "b", "--max-steps", "1",
+                     "--init", str(tmp_path / "a" / "model.safetensors")))
+    main(_train_args(synthetic, tmp_path / "c", "--max-steps", "1"))
+    first_b, first_c = _rows(tmp_path / "b")[0], _rows(tmp_path / "c")[0]
+    assert first_b["loss"] != first_c["loss"]  # not the random initialization
+    # A class-count mismatch is refused with a message, never trained silently.
+    other = build_model(preset("small", num_classes=3, **TINY))
+    save(other, tmp_path / "other.safetensors")
+    with pytest.raises(SystemExit, match="classes"):
+        main(_train_args(synthetic, tmp_path / "d", "--max-steps", "1", "--init", str(tmp_path / "other.safetensors")))
 
 
 def test_max_minutes_pauses_with_a_checkpoint(synthetic, tmp_path):
