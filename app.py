@@ -28,7 +28,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr  # noqa: E402
 
-from app_state import (Explorer, LoadedModel, ModelRegistry, SessionStore, Timings, UserError,  # noqa: E402
+from app_explorer import Explorer  # noqa: E402
+from app_state import (LoadedModel, ModelRegistry, SessionStore, Timings, UserError,  # noqa: E402
                        View, find_checkpoints)
 
 log = logging.getLogger("ddetr.app")
@@ -210,7 +211,7 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
 
     examples: {"synthetic": {name: path}, "photos": {...}}; checkpoints: the dropdown's
     {name: path} (from --checkpoint-dir). The returned Blocks carries ``.explorer`` (the
-    server-side ``app_state.Explorer``: store, registry, timings) for tests and the benchmark.
+    server-side ``app_explorer.Explorer``: store, registry, timings) for tests and the benchmark.
     """
     if isinstance(model, LoadedModel):
         startup = model
