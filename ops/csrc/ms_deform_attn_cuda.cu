@@ -62,6 +62,28 @@ __device__ __forceinline__ void read_level(const int64_t* shapes, const int64_t*
   start = fits ? static_cast<int32_t>(s) : 0;
 }
 
+// What a group of G lanes works on: one (batch, query, head) item and a chunk of its D
+// channels, lane l taking channels d0, d0 + G, ... (coalesced reads of a value row).
+struct GroupWork {
+  int64_t item;          // (b * Lq + q) * M + m
+  int d0;                // this lane's first channel
+  int64_t MD;            // stride of one value token
+  int64_t value_offset;  // (b, token 0, head m) in value and grad_value
+};
+
+__device__ __forceinline__ GroupWork group_work(int64_t group, int lane, int cpl, int G,
+                                                int chunks, int M, int D, int64_t Lq,
+                                                int64_t Lv) {
+  GroupWork w;
+  w.item = group / chunks;
+  w.d0 = static_cast<int>(group % chunks) * cpl * G + lane;
+  const int m = static_cast<int>(w.item % M);
+  const int64_t b = w.item / (static_cast<int64_t>(M) * Lq);
+  w.MD = static_cast<int64_t>(M) * D;
+  w.value_offset = b * Lv * w.MD + static_cast<int64_t>(m) * D;
+  return w;
+}
+
 template <typename scalar_t, int CPL>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
@@ -73,12 +95,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t group = t / G;
   if (group >= n_groups) return;  // no shuffles in the forward: idle lanes may leave
   const int lane = static_cast<int>(t % G);
-  const int64_t item = group / chunks;  // (b * Lq + q) * M + m
-  const int d0 = static_cast<int>(group % chunks) * CPL * G + lane;
-  const int m = static_cast<int>(item % M);
-  const int64_t b = item / (static_cast<int64_t>(M) * Lq);
-  const int64_t MD = static_cast<int64_t>(M) * D;
-  const scalar_t* vb = value + b * Lv * MD + static_cast<int64_t>(m) * D;
+  const GroupWork w = group_work(group, lane, CPL, G, chunks, M, D, Lq, Lv);
+  const int64_t item = w.item, MD = w.MD;
+  const int d0 = w.d0;
+  const scalar_t* vb = value + w.value_offset;
   const scalar_t* lp = loc + item * L * P * 2;
   const scalar_t* ap = attn + item * L * P;
   acc_t acc[CPL];
@@ -134,13 +154,11 @@ __global__ void __launch_bounds__(kThreads)
   const bool active = t / G < n_groups;
   const int64_t group = active ? t / G : 0;
   const int lane = static_cast<int>(t % G);
-  const int64_t item = group / chunks;  // (b * Lq + q) * M + m
-  const int d0 = static_cast<int>(group % chunks) * CPL * G + lane;
-  const int m = static_cast<int>(item % M);
-  const int64_t b = item / (static_cast<int64_t>(M) * Lq);
-  const int64_t MD = static_cast<int64_t>(M) * D;
-  const scalar_t* vb = value + b * Lv * MD + static_cast<int64_t>(m) * D;
-  acc_t* gvb = grad_value + b * Lv * MD + static_cast<int64_t>(m) * D;
+  const GroupWork w = group_work(group, lane, CPL, G, chunks, M, D, Lq, Lv);
+  const int64_t item = w.item, MD = w.MD;
+  const int d0 = w.d0;
+  const scalar_t* vb = value + w.value_offset;
+  acc_t* gvb = grad_value + w.value_offset;
   acc_t go[CPL];
 #pragma unroll
   for (int k = 0; k < CPL; ++k) {
