@@ -5,8 +5,6 @@ are meaningless but every code path (capture, views, tabs, exports, errors) is t
 """
 import os
 import socket
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -24,24 +22,13 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 from ddetr.capture import Capture  # noqa: E402
 from ddetr.data.synthetic import render_scene  # noqa: E402
+from huge_png import huge_png  # noqa: E402
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def huge_png(path, w, h):
-    """A valid w x h grayscale PNG of zeros written row by row (a 20000 x 20000 one is ~400 KB)."""
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    comp = zlib.compressobj(9)
-    idat = b"".join(comp.compress(b"\0" * (w + 1)) for _ in range(h)) + comp.flush()
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-                + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,12 @@
 """The explorer's server-side state without Gradio: bounded sessions, safe image reading,
 checkpoint discovery."""
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from app_state import MIN_SIDE, Session, SessionStore, UserError, find_checkpoints, read_image
+from huge_png import huge_png  # noqa: E402
 
 LIMIT = 50_000_000
 
@@ -66,19 +65,6 @@ def _png16(path, w, h):
     Image.fromarray((np.arange(w * h).reshape(h, w) * 7 % 65536).astype(np.uint16)).save(path)
 
 
-def _huge_png(path, w, h):
-    """A valid w x h grayscale PNG of zeros, written without materializing it (compresses ~1000:1)."""
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    comp = zlib.compressobj(9)
-    row = b"\0" * (w + 1)  # filter byte + w pixels
-    idat = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-                + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("images")
@@ -92,7 +78,7 @@ def files(tmp_path_factory):
     Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(d / "rgba.png")
     Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg")
     _png16(d / "deep.png", 80, 60)
-    _huge_png(d / "huge.png", 20000, 20000)
+    huge_png(d / "huge.png", 20000, 20000)
     return d
 
 
