@@ -94,8 +94,8 @@ def to_rgb_tensor(image) -> torch.Tensor:
         raise ImageError(f"image of {t.shape[2]}x{t.shape[1]} pixels exceeds the {MAX_PIXELS // 1_000_000} MP limit")
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
-    elif t.dtype == torch.uint16 or t.dtype == torch.int32 and t.max() > 255:
-        t = t.float() / 65535.0
+    elif t.dtype in (torch.uint16, torch.int32):  # 16-bit data (PIL mode "I" arrays are int32)
+        t = t.float() / (65535.0 if t.dtype == torch.uint16 or t.max() > 255 else 255.0)
     elif t.dtype == torch.bool:
         t = t.float()
     elif t.is_floating_point():
