@@ -30,8 +30,9 @@ class Focus:
     offsets_level_px (M, L, P, 2) location minus reference on each level's map;
     reference (L, 2 | 4) op frame; reference_level_px (L, 2); reference_image_px (2,) centre.
     head: the followed head, or None for all; level, point: the followed sampling point (of
-    ``shown_head``; ``point_head`` is its head when all heads are followed). Decoder rows carry the query's label, score and box (xyxy image px);
-    encoder rows the token's level and cell.
+    ``shown_head``; ``point_head`` is its head when all heads are followed). Decoder rows
+    carry the query's label, score and box (xyxy image px); encoder rows the token's level
+    and cell.
     """
 
     capture: object

@@ -129,7 +129,7 @@ def text_offsets(f: Focus) -> str:
     ix, iy = f.image_px[m, l, k]
     scale = ("" if not f.box_reference else
              f" With box refinement the raw offset is scaled by the box: Δp / K · (w, h) / 2.")
-    return (f"**Offsets.** A linear layer reads the query and predicts, for every head, level and point, an offset "
+    return (f"**Offsets.** One linear layer reads the query and predicts, for every head, level and point, an offset "
             f"Δp: 2 numbers each, 2 · M · L · K = {2 * f.n_heads * f.n_levels * f.n_points} in all, with K = "
             f"{f.n_points} points per level and head. Sampling point = reference + offset. Head {m}, level {l}, "
             f"point {k}: the layer outputs ({_f(rdx, 2)}, {_f(rdy, 2)}), an offset of ({_f(dx, 2)}, {_f(dy, 2)}) "
@@ -144,7 +144,7 @@ def text_bilinear(f: Focus) -> str:
     fx, fy = px - 0.5 - np.floor(px - 0.5), py - 0.5 - np.floor(py - 0.5)
     parts = "; ".join(f"({cx}, {cy}): {wc:.3f}" + ("" if ins else " (off the map, reads 0)")
                       for (cx, cy), wc, ins in zip(cells.tolist(), w.tolist(), inside.tolist()))
-    return (f"**Bilinear sampling.** A point rarely hits a cell centre (centres sit at i + 0.5). The value there "
+    return (f"**Bilinear sampling.** Sampling points rarely hit cell centres (centres sit at i + 0.5). The value there "
             f"is mixed from the four nearest cells, each weighted by closeness. Point ({_f(px, 2)}, {_f(py, 2)}) "
             f"on level {l} lies fx = {fx:.3f}, fy = {fy:.3f} past the top-left centre, so the cells get "
             f"(1−fx)(1−fy), fx(1−fy), (1−fx)fy, fx·fy: {parts}. They sum to {w.sum():.3f}. "
