@@ -33,8 +33,9 @@ class LayerInputs:
 
     value (1, Lv, M, D); spatial_shapes (L, 2) rows (H_l, W_l); level_start_index (L,);
     locations (1, Lq, M, L, P, 2) in [0, 1] of each padded level map, x first;
-    weights (1, Lq, M, L, P); output_weight (C, C) and output_bias (C,) of the layer's
-    ``output_proj``. Lq = number of object queries (decoder) or of tokens (encoder).
+    weights (1, Lq, M, L, P); references (1, Lq, L, 2 | 4) the reference points (or boxes);
+    output_weight (C, C) and output_bias (C,) of the layer's ``output_proj``. Lq = number of
+    object queries (decoder) or of tokens (encoder). ``detections``: what predict returned.
     """
 
     part: str
@@ -46,6 +47,8 @@ class LayerInputs:
     weights: torch.Tensor
     output_weight: torch.Tensor
     output_bias: torch.Tensor
+    references: torch.Tensor | None = None
+    detections: object = None
 
     @property
     def n_rows(self) -> int:
@@ -71,11 +74,12 @@ def layer_inputs(model, image, part: str, layer: int) -> LayerInputs:
 
     def hook(module, args, kwargs, output):
         value, shapes, lsi, loc, w = args[:5]
-        got.update(value=value, spatial_shapes=shapes, level_start_index=lsi, locations=loc, weights=w)
+        got.update(value=value, spatial_shapes=shapes, level_start_index=lsi, locations=loc, weights=w,
+                   references=kwargs.get("reference_points"))
 
     handle = attn.core.register_forward_hook(hook, with_kwargs=True)
     try:
-        model.predict(image)
+        dets = model.predict(image)[0]
     finally:
         handle.remove()
     if not got:
@@ -85,7 +89,8 @@ def layer_inputs(model, image, part: str, layer: int) -> LayerInputs:
     f32 = lambda t: t.detach().to("cpu", torch.float32).contiguous()  # noqa: E731
     return LayerInputs(part, int(layer), f32(got["value"]), got["spatial_shapes"].detach().cpu(),
                        got["level_start_index"].detach().cpu(), f32(got["locations"]), f32(got["weights"]),
-                       f32(attn.output_proj.weight), f32(attn.output_proj.bias))
+                       f32(attn.output_proj.weight), f32(attn.output_proj.bias),
+                       None if got["references"] is None else f32(got["references"]), dets)
 
 
 @dataclass

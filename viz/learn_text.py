@@ -110,15 +110,15 @@ def text_query(f: Focus) -> str:
 
 
 def text_heads(f: Focus) -> str:
-    mass = f.level_mass()
-    fav = [int(np.argmax(mass[m])) for m in range(f.n_heads)]
+    fav = f.level_mass().argmax(-1)  # (M,) each head's favourite level
     dist = f.mean_distance()
-    ex = ", ".join(f"head {m}: level {fav[m]}, {dist[m]:.0f} px" for m in range(min(f.n_heads, 4)))
+    near, far = int(np.argmin(dist)), int(np.argmax(dist))
+    counts = ", ".join(f"{int((fav == l).sum())} on level {l}" for l in range(f.n_levels) if (fav == l).any())
     return (f"**Heads.** Attention runs as M = {f.n_heads} independent *heads* side by side. The feature vector has "
             f"C = {f.channels} channels; each head works on its own D = C / M = {f.head_dim}, with its own sampling "
-            f"points and weights, so heads can specialise: one looks left, one far, one at a coarse level. "
-            f"Favourite level and weighted mean distance of the points from the reference: {ex}. "
-            f"Showing {_heads_phrase(f)}; colour = head.")
+            f"points and weights, so heads can specialise. Here head {far} reaches {dist[far]:.0f} px from the "
+            f"reference on average, head {near} only {dist[near]:.0f} px; by favourite level: {counts}. "
+            f"Showing {_heads_phrase(f)}; colour = head, size = weight. Click a point to follow it.")
 
 
 def text_offsets(f: Focus) -> str:
