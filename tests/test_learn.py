@@ -229,3 +229,17 @@ def test_slides_one_page_per_step_none_blank(cap, tmp_path):
         assert im.shape[1] / im.shape[0] == pytest.approx(16 / 9, rel=0.01)
         left, right = im[:, : im.shape[1] // 2], im[:, im.shape[1] // 2:]
         assert (left < 200).mean() > 0.02 and (right < 128).mean() > 0.005, png.name  # a figure and text
+
+
+def test_what_if_words_and_figure_show_the_computed_numbers(model_image):
+    from viz.learn_whatif import whatif_figure, whatif_markdown
+
+    model, image = model_image
+    inp = layer_inputs(model, image, "decoder", 2)
+    r = what_if(inp, 3, 1, 0, 2, shift_level_px=(2.0, 0.0))
+    md = whatif_markdown(r, 0, 2)
+    assert f"{100 * r.head_change:.1f}%" in md and f"{100 * r.output_change:.1f}%" in md and "+2.00" in md
+    fig = whatif_figure(r)
+    after = [t for t in fig.data if t.meta == "whatif_after"][0]
+    np.testing.assert_allclose(np.asarray(after.y, dtype=float), r.after[r.head_slice], rtol=1e-6)
+    assert "nothing changed" in whatif_markdown(what_if(inp, 3, 1, 0, 2), 0, 2)
