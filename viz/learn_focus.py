@@ -154,11 +154,12 @@ def default_query(capture) -> int:
 
 
 def focus(capture, part: str = "decoder", layer: int = -1, row: int | None = None, head: int | None = None,
-          level: int | None = None, point: int | None = None) -> Focus:
+          level: int | None = None, point: int | None = None, point_head: int | None = None) -> Focus:
     """Collect one row's numbers. ``row``: decoder query index, or encoder token index (see
     ``Geometry.nearest_token``); default: the top detection's query / the token under its
-    box centre on level 0. ``head`` None follows all heads. ``level`` / ``point`` default to
-    the heaviest point (of ``head`` when given)."""
+    box centre on level 0. ``head`` None follows all heads. The followed point is
+    (``head`` or ``point_head``, ``level``, ``point``); what is not given defaults to the
+    heaviest point that fits what is."""
     if part not in PARTS:
         raise ValueError(f"part must be 'decoder' or 'encoder', got {part!r}")
     layer = resolve_layer(capture, part, layer)
@@ -188,7 +189,9 @@ def focus(capture, part: str = "decoder", layer: int = -1, row: int | None = Non
     for name, v, n in (("head", head, M), ("level", level, L), ("point", point, P)):
         if v is not None and not 0 <= int(v) < n:
             raise IndexError(f"{name} {v} does not exist; the model has {name}s 0..{n - 1}")
-    ph, hl, hp = heaviest(w, head)
+    if point_head is not None and not 0 <= int(point_head) < M:
+        raise IndexError(f"head {point_head} does not exist; the model has heads 0..{M - 1}")
+    ph, hl, hp = heaviest(w, head if head is not None else point_head)
     if level is not None and point is None:
         hp = int(np.argmax(w[ph, level]))
     level = hl if level is None else int(level)

@@ -74,7 +74,7 @@ def step_labels() -> list[str]:
 def layer_stack(capture, f: Focus) -> dict[int, Focus]:
     """The followed row in every captured layer of its part (same head / level / point)."""
     layers = capture.decoder_layers if f.part == "decoder" else capture.encoder_layers
-    return {i: focus(capture, f.part, i, f.row, f.head, f.level, f.point) for i in layers}
+    return {i: focus(capture, f.part, i, f.row, f.head, f.level, f.point, f.shown_head) for i in layers}
 
 
 def step_view(f: Focus, step: int | str, stacks: dict[int, Focus] | None = None) -> StepView:
