@@ -156,11 +156,20 @@ def figure_heads(f: Focus) -> go.Figure:
     _image(fig, f, rect)
     _reference(fig, *f.reference_image_px)
     n_static = len(fig.data)
-    sizes = marker_diameter(f.weights.ravel()).reshape(f.weights.shape) * 1.3
+    sizes = marker_diameter(f.weights.ravel()).reshape(f.weights.shape) * 1.6
     start = np.broadcast_to(f.reference_image_px, f.image_px.shape).copy()
+    rx, ry = f.reference_image_px
 
-    def traces(xy):
-        return [_points_trace(f, m, xy[m], sizes[m], f"head {m}") for m in f.heads]
+    def traces(xy):  # per head: faint spokes from the reference, then the points
+        out = []
+        for m in f.heads:
+            p = xy[m].reshape(-1, 2)
+            out.append(go.Scatter(x=np.column_stack([np.full(len(p), rx), p[:, 0], np.full(len(p), np.nan)]).ravel(),
+                                  y=np.column_stack([np.full(len(p), ry), p[:, 1], np.full(len(p), np.nan)]).ravel(),
+                                  mode="lines", line=dict(color=head_color(m), width=1), opacity=0.55,
+                                  hoverinfo="skip", showlegend=False, legendgroup=f"h{m}"))
+            out.append(_points_trace(f, m, xy[m], sizes[m], f"head {m}"))
+        return out
 
     for t in traces(f.image_px):
         fig.add_trace(t)
@@ -243,8 +252,8 @@ def figure_bilinear(f: Focus, radius: int = 2) -> go.Figure:
                                  line=dict(color=SELECTED_COLOR, width=1 + 5 * wc), hoverinfo="skip"))
     fig.add_trace(go.Scatter(x=[px], y=[py], mode="markers", name=f"sampling point ({px:.2f}, {py:.2f})",
                              marker=dict(size=14, color=head_color(m), line=dict(color="black", width=1))))
-    fig.update_xaxes(range=[x0, x1], dtick=1, title=f"x (cells of level {l})")
-    fig.update_yaxes(range=[y1, y0], dtick=1, scaleanchor="x", scaleratio=1, title="y")
+    fig.update_xaxes(range=[x0, x1], dtick=1, title=f"x (cells of level {l})", constrain="domain")
+    fig.update_yaxes(range=[y1, y0], dtick=1, scaleanchor="x", scaleratio=1, title="y", constrain="domain")
     return _layout(fig, f"5. Bilinear sampling: head {m}, level {l}, point {k} reads 4 cells")
 
 
@@ -281,10 +290,20 @@ def figure_sum(f: Focus) -> go.Figure:
         fig.add_trace(go.Heatmap(z=c, x0=0.5, dx=1, y0=0.5, dy=1, colorscale="Inferno", zmin=0, zmax=vmax,
                                  showscale=l == L - 1, hovertemplate="cell (%{x:.0f}, %{y:.0f}): %{z:.4f}<extra></extra>"),
                       1, l + 1)
-        fig.update_xaxes(range=[0, c.shape[1]], showgrid=False, row=1, col=l + 1)
-        fig.update_yaxes(range=[c.shape[0], 0], showgrid=False, row=1, col=l + 1)
+        x0, x1, y0, y1 = nonzero_window(c)
+        fig.update_xaxes(range=[x0, x1], showgrid=False, row=1, col=l + 1)
+        fig.update_yaxes(range=[y1, y0], showgrid=False, row=1, col=l + 1)
     _equal_axes(fig, L)
     return _layout(fig, f"7. Weighted sum: how much each value cell contributes to head {m}'s output", height=380)
+
+
+def nonzero_window(cells: np.ndarray, margin: int = 2) -> tuple[int, int, int, int]:
+    """(x0, x1, y0, y1): the cells with a non-zero coefficient and a margin (all if none)."""
+    ys, xs = np.nonzero(cells)
+    if xs.size == 0:
+        return 0, cells.shape[1], 0, cells.shape[0]
+    return (max(int(xs.min()) - margin, 0), min(int(xs.max()) + margin + 1, cells.shape[1]),
+            max(int(ys.min()) - margin, 0), min(int(ys.max()) + margin + 1, cells.shape[0]))
 
 
 def figure_cost(f: Focus) -> go.Figure:

@@ -19,6 +19,7 @@ from matplotlib.patches import Rectangle
 
 from . import canvas
 from .cost import image_cost
+from .learn_figures import nonzero_window
 from .learn_focus import Focus
 from .learn_steps import STEPS, layer_stack
 from .learn_text import TEXTS
@@ -174,6 +175,9 @@ def draw_sum(fig, box, f: Focus):
     vmax = max(float(max(c.max() for c in cells)), 1e-6)
     for l, (ax, c) in enumerate(zip(axes.ravel(), cells)):
         ax.imshow(c, cmap="inferno", vmin=0, vmax=vmax, extent=(0, c.shape[1], c.shape[0], 0), interpolation="nearest")
+        x0, x1, y0, y1 = nonzero_window(c)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y1, y0)
         ax.set_title(f"level {l}: Σ = {c.sum():.3f}", fontsize=LABEL_PT)
         ax.set_xticks([])
         ax.set_yticks([])
