@@ -11,15 +11,19 @@ implementation runs. Without a compiler the pure-PyTorch reference runs, with on
 from ops.ms_deform_attn import (
     KERNELS,
     KernelUnavailableWarning,
+    MsDeformAttnGradients,
     implementation,
     ms_deform_attn,
+    ms_deform_attn_backward,
 )
 from ops.reference import ms_deform_attn_reference
 
 __all__ = [
     "KERNELS",
     "KernelUnavailableWarning",
+    "MsDeformAttnGradients",
     "implementation",
     "ms_deform_attn",
+    "ms_deform_attn_backward",
     "ms_deform_attn_reference",
 ]
