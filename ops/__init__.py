@@ -5,7 +5,8 @@
                          sampling_locations, attention_weights)  # (B, Lq, M * D)
 
 Importing the package builds the C++ (and, with a GPU and CUDA toolkit, the CUDA) kernels
-once into ``ops/_build`` and loads them; ``python -m ops`` shows what is available and which
+once into ``ops/_build`` (``~/.cache/ddetr-ops`` when installed; ``$DDETR_OPS_BUILD_DIR``
+overrides both) and loads them; ``python -m ops`` shows what is available and which
 implementation runs. Without a compiler the pure-PyTorch reference runs, with one warning.
 """
 from ops.ms_deform_attn import (
