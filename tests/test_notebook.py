@@ -50,3 +50,52 @@ def test_example_notebook_executes():
     assert "image/png" in _outputs(code[3])
     printed = "".join(o.get("text", "") for o in code[4].outputs if o["output_type"] == "stream")
     assert "attention mass per level" in printed
+
+
+@pytest.fixture(scope="module")
+def shipped_captures():
+    """Captures of one example scene by the shipped model: decoder sampling of the detections'
+    queries, and one with no decoder sampling at all."""
+    from PIL import Image
+
+    import ddetr
+    from ddetr.assets import default_checkpoint, example_dirs
+
+    model, _ = ddetr.load(default_checkpoint())
+    image = Image.open(example_dirs()["synthetic"] / "synthetic_01.png")
+    with ddetr.capture(model, queries="detections", encoder=False) as with_decoder:
+        model.predict(image)
+    with ddetr.capture(model, encoder=False, decoder=False) as without:
+        model.predict(image)
+    return with_decoder.captures[0], without.captures[0]
+
+
+def test_capture_html_draws_the_points_the_capture_holds(shipped_captures):
+    """Every circle of the sketch is one (head, level, point) sample of the best detection's
+    query at the last decoder layer, at its image position (scaled to the shown size)."""
+    import re
+
+    import numpy as np
+
+    from ddetr.capture_html import MAX_SIDE
+
+    cap = shipped_captures[0]
+    html = cap._repr_html_()
+    query, layer = int(cap.detections.query_index[0]), cap.decoder_layers[-1]
+    pts = cap.decoder_points(layer=layer, query=query)
+    scale = MAX_SIDE / max(cap.image.shape[:2])
+    circles = np.array([[float(x), float(y)] for x, y in re.findall(r'<circle cx="([-\d.]+)" cy="([-\d.]+)"', html)])
+    # Drawn lightest first (the heaviest on top).
+    expected = (pts["image_px"].reshape(-1, 2) * scale)[np.argsort(pts["weights"].reshape(-1), kind="stable")]
+    assert circles.shape == expected.shape == (cap.meta["n_heads"] * cap.meta["n_levels"] * cap.meta["n_points"], 2)
+    np.testing.assert_allclose(circles, expected, atol=0.051)
+    cx, cy = (np.asarray(pts["reference_image_px"])[0, :2] * scale).tolist()
+    assert f'd="M{cx - 7:.1f},{cy:.1f}H{cx + 7:.1f}' in html  # the green cross on the reference
+    assert f"(query {query}), decoder layer {layer}" in html
+    assert "<script" not in html and "http" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_capture_html_without_decoder_sampling_says_so(shipped_captures):
+    html = shipped_captures[1]._repr_html_()
+    assert "<svg" not in html and "decoder=True" in html
+    assert html.startswith('<div class="ddetr-capture"')
