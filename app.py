@@ -27,6 +27,7 @@ import gradio as gr  # noqa: E402
 
 from app_explorer import Explorer  # noqa: E402
 from app_state import LoadedModel, ModelRegistry, SessionStore, Timings, UserError, View  # noqa: E402
+from ddetr.assets import EXAMPLE_GROUPS, examples_dir  # noqa: E402
 from explorer import serving  # noqa: E402
 from explorer.cli import (DEFAULT_CHECKPOINT, GET_MODEL, MAX_FILE_SIZE, _shown, launch_kwargs,  # noqa: E402, F401
                           main, make_demo, parse_args, random_model, startup_model)
@@ -34,7 +35,7 @@ from explorer.serving import guarded  # noqa: E402
 
 log = logging.getLogger("ddetr.app")
 ROOT = Path(__file__).resolve().parent
-EXAMPLE_DIRS = {"synthetic": ROOT / "examples" / "synthetic", "photos": ROOT / "examples" / "photos"}
+EXAMPLE_DIRS = {g: examples_dir() / g for g in EXAMPLE_GROUPS}  # the checkout's or the installed copy
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_PIXELS = 50_000_000
 MODEL_EVENTS = dict(concurrency_id=serving.MODEL_QUEUE, concurrency_limit=1)  # one forward pass at a time

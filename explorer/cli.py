@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 
 from app_state import LoadedModel, UserError, find_checkpoints
+from ddetr.assets import DEFAULT_CHECKPOINT_NAME, examples_dir
 from explorer import serving
 
 log = logging.getLogger("ddetr.app")
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINT = ROOT / "examples" / "default_model.safetensors"
+# The checkout's examples/ or, installed, the package's copy (ddetr.assets finds either).
+DEFAULT_CHECKPOINT = examples_dir() / DEFAULT_CHECKPOINT_NAME
 MAX_FILE_SIZE = "25mb"
 
 

@@ -83,9 +83,11 @@ from ddetr.assets import default_checkpoint, example_dirs
 model, report = ddetr.load(default_checkpoint())
 image = sorted(example_dirs()["synthetic"].glob("*.png"))[0]
 dets = model.predict(Image.open(image), score_threshold=0.5)
+import app  # the explorer's page: its example galleries come from the installed copy
+examples = {group: sorted(items) for group, items in app.find_examples().items()}
 print(json.dumps(dict(ddetr=ddetr.__file__, ops=ops.__file__, checkpoint=str(default_checkpoint()),
                       image=image.name, impl=ops.implementation("cpu"), boxes=dets[0].boxes.tolist(),
-                      labels=dets[0].labels.tolist())))
+                      labels=dets[0].labels.tolist(), examples=examples, app=app.__file__)))
 """
 
 
@@ -139,26 +141,30 @@ def test_pip_install_into_a_fresh_environment(tmp_path):
         (site / pkg).chmod(0o555)
 
     for command in ("ddetr-explorer", "ddetr-train", "ddetr-eval", "ddetr-viz"):
-        if (ROOT / "explorer").is_dir() or command != "ddetr-explorer":  # TEMP until the merge
-            res = _run([str(bin_dir / command), "--help"], work, env)
-            assert "usage:" in res.stdout, command
+        res = _run([str(bin_dir / command), "--help"], work, env)
+        assert "usage:" in res.stdout, command
+        if command == "ddetr-explorer":  # the installed copy of the shipped model
+            assert "ddetr/examples/default_model.safetensors" in " ".join(res.stdout.split()), res.stdout
 
     res = _run([str(py), "-m", "ops", "--strict"], work, env)
     assert "cpu-kernel   available" in res.stdout, res.stdout
     assert str(tmp_path / "cache" / "ddetr-ops") in res.stdout, res.stdout
     assert not list((site / "ops").glob("_build"))
 
+    from ddetr.assets import default_checkpoint, example_dirs
+
     res = _run([str(py), "-c", PREDICT], work, env)
     got = json.loads(res.stdout.strip().splitlines()[-1])
-    for key in ("ddetr", "ops", "checkpoint"):
+    for key in ("ddetr", "ops", "checkpoint", "app"):
         assert Path(got[key]).is_relative_to(site), (key, got[key])
+    assert got["examples"] == {group: sorted(p.name for p in d.iterdir() if p.suffix in (".png", ".jpg"))
+                               for group, d in example_dirs().items()}
     assert got["impl"] == "cpu-kernel"
 
     import torch
     from PIL import Image
 
     import ddetr
-    from ddetr.assets import default_checkpoint, example_dirs
 
     model, _ = ddetr.load(default_checkpoint())
     assert default_checkpoint().is_relative_to(ROOT)
