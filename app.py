@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent
 EXAMPLE_DIRS = {g: examples_dir() / g for g in EXAMPLE_GROUPS}  # the checkout's or the installed copy
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_PIXELS = 50_000_000
-MODEL_EVENTS = dict(concurrency_id=serving.MODEL_QUEUE, concurrency_limit=1)  # one forward pass at a time
+MODEL_EVENTS = dict(concurrency_id=serving.MODEL_QUEUE, concurrency_limit=serving.MODEL_SLOTS)
 
 
 def find_examples() -> dict[str, dict[str, Path]]:
@@ -95,7 +95,7 @@ def header_parts(lm: LoadedModel) -> tuple[str, str, str, str]:
     r, cfg = lm.report, lm.model.cfg
     names = [n for n in cfg.class_names if n != "N/A"]  # "N/A": ids COCO never uses (official layout)
     shown = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
-    return (r.source if r is not None else lm.name, r.format if r is not None else "?", cfg.variant,
+    return (serving.scrub_paths(r.source) if r is not None else lm.name, r.format if r is not None else "?", cfg.variant,
             f"({len(names)}): {shown}")
 
 
@@ -119,7 +119,7 @@ def plain_header(lm: LoadedModel) -> str:
 
 
 def report_markdown(lm: LoadedModel) -> str:
-    return "```text\n" + (str(lm.report) if lm.report is not None else lm.name) + "\n```"
+    return "```text\n" + serving.scrub_paths(str(lm.report) if lm.report is not None else lm.name) + "\n```"
 
 
 def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | None = None,

@@ -23,24 +23,30 @@ from urllib.parse import unquote, urlparse
 log = logging.getLogger("ddetr.app")
 
 MODEL_QUEUE = "model"  # the concurrency_id of every event that runs the model
+# Handlers of model events running at once. A page may hold only one (Limits), so with two a
+# page flooding uploads never holds every slot: another page's run starts at once. The forward
+# passes themselves still take turns (the model's lock); decoding, capture bookkeeping and
+# drawing of the two overlap.
+MODEL_SLOTS = 2
 
 
 # ----------------------------------------------------------------------------- admission
 @dataclass(frozen=True)
 class Limits:
     """How much one page (session) and one network address may have queued or running."""
-    # One running + one waiting: picking another image while one runs still works, a third
-    # click is refused at once instead of lengthening everyone's wait.
-    model_runs_per_session: int = 2
-    # Many pages from one address (many tabs, or a script opening sessions): bounded, yet a
-    # class behind one NAT can still pick examples together. Fair placement keeps other
-    # addresses' waits short whatever this is.
-    model_runs_per_address: int = 16
+    # A page's next image waits for its previous one: refused at once with a message instead
+    # of queueing behind it, so one page never holds more than one of the MODEL_SLOTS.
+    model_runs_per_session: int = 1
+    # Many pages from one address (a class behind one NAT, or a script opening sessions):
+    # this only bounds the queue; fair placement keeps other addresses' waits short whatever
+    # it is, so it can be generous (90 pages of one address picking an example at once fit).
+    model_runs_per_address: int = 128
     # Any event (view changes, tabs): a page normally has one or two in flight.
     events_per_session: int = 8
-    # Gradio's own bound on all queued events; the limits above keep well-behaved pages far
-    # below it (90 pages at once, one request each, fit with room to spare).
-    queue_size: int = 512
+    # Gradio's own bound on all queued events (a queued event is a few KB; the upload itself
+    # is already on disk). Gradio's default is unbounded; the page used to set 64, which
+    # refused 25 of 90 simultaneous requests ("Queue is full").
+    queue_size: int = 1024
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,8 @@ def refusal(limits: Limits, new: Request, in_flight: list[Request]) -> str | Non
     if new.model:
         runs = sum(r.model for r in mine)
         if runs >= limits.model_runs_per_session:
-            return (f"Your previous image is still being processed ({runs} model runs from this page are "
-                    "queued or running); wait for it to finish, then try again.")
+            return ("Your previous image is still being processed; wait for it to finish, "
+                    "then try again.")
         near = sum(r.model for r in in_flight if r.address == new.address)
         if near >= limits.model_runs_per_address:
             return (f"This server is already running {near} images from your network address; wait for "
@@ -196,12 +202,18 @@ def install(demo, limits: Limits | None = None) -> Admission:
 
     limits = limits or Limits()
     q = demo._queue
-    q.max_size = limits.queue_size
     adm = Admission(q, limits, get_upload_folder())
-    original = q.push
-    q.push = functools.partial(adm.push, original)
+    adm.gradio_push, adm.gradio_max_size = q.push, q.max_size
+    q.max_size = limits.queue_size
+    q.push = functools.partial(adm.push, q.push)
     demo.admission = adm
     return adm
+
+
+def uninstall(demo) -> None:
+    """Gradio's own queue again (first come, first served; the benchmark's baseline)."""
+    adm = demo.admission
+    adm.queue.push, adm.queue.max_size = adm.gradio_push, adm.gradio_max_size
 
 
 # ----------------------------------------------------------------------------- errors
