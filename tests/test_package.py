@@ -40,6 +40,23 @@ def test_pins_agree_with_the_requirements_files():
     assert "torch==2.14.1" in project["dependencies"] and "torchvision==0.29.1" in project["dependencies"]
 
 
+def test_every_package_and_app_module_is_installed():
+    """pyproject.toml lists the packages explicitly (``ddetr.examples`` is mapped onto
+    examples/): every folder with an ``__init__.py`` of the installed top-level packages, and
+    every module the explorer's command line imports from the top level, must be listed."""
+    tool = PYPROJECT["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    tops = {p.split(".")[0] for p in listed}
+    found = {".".join(init.parent.relative_to(ROOT).parts) for top in tops
+             for init in (ROOT / top).rglob("__init__.py") if "_build" not in init.parts}
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
+    assert "ddetr.examples" in listed and tool["package-dir"]["ddetr.examples"] == "examples"
+    top_level_imports = set()
+    for path in [ROOT / "explorer" / "cli.py", *(ROOT / m for m in ("app.py", "app_explorer.py", "app_state.py"))]:
+        top_level_imports |= set(re.findall(r"^\s*(?:from|import) (app\w*)\b", path.read_text(), re.M))
+    assert top_level_imports <= set(tool["py-modules"]), sorted(top_level_imports - set(tool["py-modules"]))
+
+
 def test_console_commands_point_at_main_functions():
     """Every entry point names a module with ``main(argv=None)`` (the two commands whose
     modules do not exist in this tree yet are checked once they do)."""
