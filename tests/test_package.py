@@ -57,6 +57,27 @@ def test_every_package_and_app_module_is_installed():
     assert top_level_imports <= set(tool["py-modules"]), sorted(top_level_imports - set(tool["py-modules"]))
 
 
+def test_every_data_file_of_the_packages_is_installed():
+    """Non-Python files inside the package folders (the op's C++/CUDA sources, any template a
+    later change adds) must match a package-data pattern, or the installed copy lacks them."""
+    import fnmatch
+
+    data = PYPROJECT["tool"]["setuptools"]["package-data"]
+    for pkg in PYPROJECT["tool"]["setuptools"]["packages"]:
+        folder = ROOT / PYPROJECT["tool"]["setuptools"]["package-dir"].get(pkg, pkg.replace(".", "/"))
+        if pkg == "ddetr.examples":  # a curated selection of examples/ (no training logs, no notebook)
+            continue
+        for f in folder.iterdir():
+            if f.is_dir() and (f / "__init__.py").exists() or f.suffix == ".py" or f.name in ("__pycache__", "_build"):
+                continue
+            files = [f] if f.is_file() else [g for g in f.rglob("*") if g.is_file() and "__pycache__" not in g.parts]
+            for g in files:
+                rel = g.relative_to(folder).as_posix()
+                if rel == "README.md":
+                    continue  # documentation of the source tree
+                assert any(fnmatch.fnmatch(rel, pat) for pat in data.get(pkg, [])), f"{pkg}: {rel} is not package data"
+
+
 def test_console_commands_point_at_main_functions():
     """Every entry point names a module with ``main(argv=None)`` (the two commands whose
     modules do not exist in this tree yet are checked once they do)."""
