@@ -209,7 +209,7 @@ def ms_deform_attn(
 def _kernel_arguments(value, spatial_shapes, level_start_index, sampling_locations,
                       attention_weights) -> tuple[torch.Tensor, ...]:
     """The five arguments as the kernels take them: int64 indices, one floating dtype.
-    Both casts are no-ops (the same tensor) for arguments that already fit."""
+    Each cast is a no-op (returns the same tensor) for an argument that already fits."""
     dtype = _compute_dtype(value, sampling_locations, attention_weights)
     return (value.to(dtype), spatial_shapes.long(), level_start_index.long(),
             sampling_locations.to(dtype), attention_weights.to(dtype))
