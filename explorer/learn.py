@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ddetr.assets import examples_dir
 from ddetr.snapshots import list_snapshots, sampling_history
 from ddetr.whatif import layer_inputs, what_if
 from viz.learn_cost import cost_case, cost_figure, cost_markdown
@@ -26,9 +27,8 @@ from viz.learn_steps import STEPS, StepView, step_view
 from viz.learn_text import glossary_markdown
 from viz.learn_whatif import whatif_figure, whatif_markdown
 
-ROOT = Path(__file__).resolve().parents[1]
-TEACHING = ROOT / "examples" / "teaching" / "teaching.json"
-SNAPSHOTS = ROOT / "examples" / "snapshots"
+TEACHING = examples_dir() / "teaching" / "teaching.json"
+SNAPSHOTS = examples_dir() / "snapshots"
 
 
 @dataclass(frozen=True)
