@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,9 @@ class ModelRegistry:
         from ddetr.checkpoint import load  # imported late: loading is rare, the module is large
 
         try:
-            model, report = load(path, device=self.device, strict=not incomplete)
+            with warnings.catch_warnings():  # the page's banner names the missing tensors
+                warnings.simplefilter("ignore", UserWarning)
+                model, report = load(path, device=self.device, strict=not incomplete)
         except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError
             # The loader names the file by its path and its fix by an argument; the page shows
             # neither (a server path, a keyword no one can pass from a browser).

@@ -65,13 +65,28 @@ def server(files, tmp_path_factory):
 
     other = app.random_model(seed=1).model
     save(other, ckpt_dir / "other.safetensors")
+    _partial(ckpt_dir / "other.safetensors", ckpt_dir / "partial.safetensors")
+    (ckpt_dir / "broken.safetensors").write_bytes(b"not a checkpoint")
     calls = {"n": 0}
     lm.model.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
-    demo = app.build_demo(lm, examples=files["examples"], checkpoints={"other.safetensors": ckpt_dir / "other.safetensors"})
+    demo = app.build_demo(lm, examples=files["examples"],
+                          checkpoints={n: ckpt_dir / n for n in ("other.safetensors", "partial.safetensors",
+                                                                 "broken.safetensors")})
     port = free_port()
     demo.launch(**app.launch_kwargs(server_port=port, prevent_thread_lock=True, quiet=True, max_file_size="2mb"))
     yield f"http://127.0.0.1:{port}/", demo, calls
     demo.close()
+
+
+def _partial(src, dst, drop: str = "class_embed"):
+    """A copy of checkpoint ``src`` without the tensors whose names contain ``drop``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+        sd = {k: f.get_tensor(k) for k in f.keys() if drop not in k}
+    save_file(sd, str(dst), metadata=meta)
 
 
 def client(server) -> Client:
@@ -295,3 +310,25 @@ def test_checkpoint_dropdown_switches_this_session_only(server):
     ra = a.predict("scene_0.png", 0.0, api_name="/detect_example")
     rb = b.predict("scene_0.png", 0.0, api_name="/detect_example")
     assert ra[2]["choices"] != rb[2]["choices"]  # another seed: other detections
+
+
+def test_a_failed_checkpoint_keeps_the_model_and_open_anyway_names_what_is_missing(server, tmp_path):
+    _, demo, _ = server
+    h, x, c = demo.handlers, demo.explorer, demo.handlers.c
+    out = h.detect_example(None, "scene_0.png", 0.0)
+    key = out[c.key]
+    s = x.store.get(key)
+    start = s.model_name
+    for name in ("broken.safetensors", "partial.safetensors"):
+        out = h._page(h.set_checkpoint, [c.key, c.ckpt, c.notice, c.open_anyway, c.header, c.att_image])(key, name)
+        assert s.model_name == start and s.capture is not None  # the current model and image stay
+        assert out[c.ckpt]["value"] == start  # the dropdown goes back to the model in use
+        assert name in out[c.notice] and c.header not in out and c.att_image not in out
+        assert str(tmp_path.parent) not in out[c.notice] and "strict=False" not in out[c.notice]
+    assert out[c.open_anyway]["visible"] is True and "Open anyway" in out[c.notice]
+    out = h.open_anyway(key)
+    assert s.model_name == "partial.safetensors"
+    assert "OPENED ANYWAY" in out[c.header] and "class_embed" in out[c.header]
+    h.detect_example(key, "scene_0.png", 0.0)
+    assert s.capture is not None and s.capture.meta["variant"]
+    h.set_checkpoint(key, start)  # back, for the other tests
