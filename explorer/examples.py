@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_DIRS = {"synthetic": ROOT / "examples" / "synthetic", "photos": ROOT / "examples" / "photos"}
+from ddetr.assets import EXAMPLE_GROUPS, examples_dir
+
+EXAMPLE_DIRS = {g: examples_dir() / g for g in EXAMPLE_GROUPS}  # the checkout's or the installed copy
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from . import serving
 from . import status as words
 from . import urlstate
 from .models import IncompleteCheckpoint
@@ -23,7 +24,8 @@ log = logging.getLogger("ddetr.app")
 
 
 def _message(e: BaseException) -> str:
-    return str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    """The user's words for ``e``: never a server path (``serving.scrub_paths``)."""
+    return serving.scrub_paths(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
 
 
 class Handlers:
@@ -309,9 +311,11 @@ class Handlers:
         def run(*args, **kwargs):
             try:
                 out = fn(*args, **kwargs)
-            except (UserError, ValueError, KeyError, IndexError, LookupError) as e:
+            except (ValueError, LookupError) as e:  # UserError is a ValueError: a user's mistake
+                log.info("%s refused: %s", fn.__name__, " ".join(_message(e).split()))
                 out = self.refused(args[0] if args else None, _message(e))
             except MemoryError:
+                log.warning("%s ran out of memory", fn.__name__)
                 out = {self.c.notice: "⚠ The server ran out of memory for this request; try a smaller image."}
             except Exception as e:  # a bug: log it, tell the user, keep serving
                 log.exception("unexpected error in %s", fn.__name__)
@@ -321,26 +325,15 @@ class Handlers:
         return run
 
     def _api(self, fn, outputs):
-        """An API endpoint: errors are raised for the client, with the same words."""
+        """An API endpoint: errors are raised for the client (``serving.guarded``: one log line,
+        no server paths); a dict result is cut to this endpoint's outputs."""
         keys = set(outputs)
+        guarded = serving.guarded(fn)
 
         @functools.wraps(fn)
         def run(*args, **kwargs):
-            try:
-                out = fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except (UserError, ValueError, KeyError, IndexError, LookupError) as e:
-                raise gr.Error(_message(e), title="Cannot do that", print_exception=False) from None
-            except MemoryError:
-                raise gr.Error("The server ran out of memory for this request; try a smaller image.") from None
-            except Exception as e:
-                log.exception("unexpected error in %s", fn.__name__)
-                raise gr.Error(f"Internal error ({type(e).__name__}). The server keeps running; please try "
-                               "again or report it.", title="Internal error") from None
-            if isinstance(out, dict):
-                return {k: v for k, v in out.items() if k in keys}
-            return out
+            out = guarded(*args, **kwargs)
+            return {k: v for k, v in out.items() if k in keys} if isinstance(out, dict) else out
         return run
 
     def wire(self, demo, model_events: dict, tab_js: str, box_js: str, url_js: str) -> None:

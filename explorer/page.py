@@ -17,6 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from . import serving
 from . import status as words
 from .handlers import Handlers
 from .models import LoadedModel, ModelRegistry
@@ -24,7 +25,8 @@ from .session import Explorer
 from .state import SessionStore, Timings
 from .views import TABS
 
-MODEL_EVENTS = dict(concurrency_id="model", concurrency_limit=1)  # one forward pass at a time
+# Model runs share a few slots; explorer.serving decides who may queue and in which order.
+MODEL_EVENTS = dict(concurrency_id=serving.MODEL_QUEUE, concurrency_limit=serving.MODEL_SLOTS)
 MAX_PIXELS = 50_000_000
 
 CSS = """
@@ -116,7 +118,8 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
             c.api = gr.Button()
         h.wire(demo, MODEL_EVENTS, TAB_JS, BOX_JS, URL_JS)
     demo.explorer, demo.handlers = explorer, h
-    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.queue(default_concurrency_limit=2)
+    serving.install(demo)  # per-page limits, fair order, uploads only (explorer/serving.py)
     return demo
 
 

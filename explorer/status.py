@@ -13,14 +13,12 @@ WELCOME = ("**Start here:** pick an example or upload an image (left). The model
 
 def header_parts(lm) -> tuple[str, str, str, str]:
     """(checkpoint, format, variant, classes) as shown at the top of the page (file names only)."""
-    from pathlib import PurePath
+    from . import serving
 
     r, cfg = lm.report, lm.model.cfg
     names = [n for n in cfg.class_names if n != "N/A"]  # "N/A": ids COCO never uses (official layout)
     shown = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
-    source = r.source if r is not None else lm.name
-    if "/" in source or "\\" in source:  # a path: the page names files, never the server's folders
-        source = PurePath(source).name or source
+    source = serving.scrub_paths(r.source) if r is not None else lm.name  # file names, never folders
     return source, (r.format if r is not None else "?"), cfg.variant, f"({len(names)}): {shown}"
 
 

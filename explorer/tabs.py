@@ -27,8 +27,8 @@ def _table(capture, selected: Selected, view):
     return encoder_table(capture, x, y, view.enc_level, selected.encoder), selected.encoder
 
 
-register(Tab("interactive", "Interactive", "The attention view as an interactive figure: scroll or drag to "
-             "zoom, double-click to reset; hover a point for its head, level, weight and offsets; click legend "
+register(Tab("interactive", "Interactive", "The attention view as an interactive figure: drag a box to zoom "
+             "in (any depth), double-click to zoom out; hover a point for its head, level, weight and offsets; click legend "
              "entries to hide heads.", draw_interactive))
 
 
@@ -194,7 +194,9 @@ def draw_checkpoint(capture, selected: Selected, view) -> Drawn:
     if "diagnostics" not in selected.cache:
         findings, notes = check_capture(capture)
         selected.cache["diagnostics"] = Diagnostics(list(lm.param_findings) + findings, notes)
-    report = str(lm.report) if lm.report is not None else lm.name
+    from .serving import scrub_paths
+
+    report = scrub_paths(str(lm.report)) if lm.report is not None else lm.name
     return Drawn(selected.cache["diagnostics"].to_markdown(),
                  "```text\n" + report + "\n```\n\n```text\n" + capture.summary() + "\n```")
 
