@@ -50,12 +50,25 @@ class Handlers:
                 if s.cache.get("detections_shown") != shown:
                     choices, value = x.detection_choices(s)
                     out[c.det_image] = x.detections_image(s)
-                    out[c.det_list] = gr.update(choices=choices, value=value)
+                    # The list's choices only when they changed: re-sending them costs the browser more
+                    # than drawing both pictures.
+                    same = s.cache.get("choices_sent") == choices
+                    out[c.det_list] = gr.update(value=value) if same else gr.update(choices=choices, value=value)
+                    s.cache["choices_sent"] = choices
                     s.cache["detections_shown"] = shown
         if controls:
             out.update(self.controls_of(s))
-        if s.active_tab in TABS:
-            out.update(self.tab_update(s, s.active_tab))
+        return self._changed(s, out)
+
+    def _changed(self, s, out: dict) -> dict:
+        """``out`` without the text outputs the page already shows (fewer updates, less redraw)."""
+        sent = s.cache.setdefault("sent", {})
+        for comp in (self.c.status, self.c.legend, self.c.link, self.c.url, self.c.notice):
+            if comp in out and isinstance(out[comp], str):
+                if sent.get(comp) == out[comp]:
+                    del out[comp]
+                else:
+                    sent[comp] = out[comp]
         return out
 
     def controls_of(self, s) -> dict:
@@ -69,8 +82,14 @@ class Handlers:
                 c.enc_level: v.enc_level, c.follow: heads[0] if len(heads) == 1 else -1, c.zoom: v.zoom,
                 c.threshold: v.threshold}
 
-    def tab_update(self, s, tab_id: str) -> dict:
+    def tab_update(self, s, tab_id: str, force: bool = True) -> dict:
+        """The (note, body) update of a tab; with ``force=False`` nothing when the tab already
+        shows this session's current state (its components keep their content while hidden)."""
         note, body = self.c.tab_out[tab_id]
+        sig = self.x.tab_signature(s, tab_id)
+        if not force and s.cache.get(("tab_drawn", tab_id)) == sig:
+            return {}
+        s.cache[("tab_drawn", tab_id)] = sig
         drawn = self.x.draw_tab(s, tab_id)
         if TABS[tab_id].body == "file":
             return {note: drawn.note}
@@ -88,6 +107,8 @@ class Handlers:
         """A refused change: says why; the controls go back to what the pictures show."""
         s = self.x.store.get(key)
         out = {self.c.notice: f"⚠ {message}"}
+        if s is not None:
+            s.cache.setdefault("sent", {})[self.c.notice] = out[self.c.notice]
         if s is not None and s.capture is not None:
             out.update(self.controls_of(s))
         return out
@@ -176,6 +197,15 @@ class Handlers:
         return self._view(key, box, lambda s: self.x.set_view(s, zoom=bool(zoom)))
 
     # ------------------------------------------------------------------ tabs
+    def refresh_tab(self, key):
+        """After a change of view: redraw the tab on screen if what it shows changed. A second
+        step of each view event, so that the pictures arrive first."""
+        s = self.x.store.get(key)
+        if s is None or s.active_tab not in TABS:
+            return {}
+        with s.lock:
+            return self.tab_update(s, s.active_tab, force=False)
+
     def show_tab(self, key, tab_id, box=""):
         """A tab came on screen: draw it now, and keep it current on every later change."""
         if tab_id not in TABS:
@@ -184,7 +214,7 @@ class Handlers:
         with s.lock:
             self._box(s, box)
             s.active_tab = str(tab_id)
-            out = {self.c.key: s.key, **self.tab_update(s, s.active_tab)}
+            out = {self.c.key: s.key, **self.tab_update(s, s.active_tab, force=False)}
             out[self.c.url] = urlstate.encode(urlstate.of_session(self.x, s))
             out[self.c.link] = self.link_text(s)
             return out
@@ -225,11 +255,13 @@ class Handlers:
         try:
             lm = self.x.set_model(s, str(name), incomplete=incomplete)
         except IncompleteCheckpoint as e:
+            s.cache.get("sent", {}).pop(c.notice, None)  # the next change clears the notice
             s.pending_model = str(name)
             return {c.key: s.key, c.ckpt: gr.update(value=current), c.open_anyway: gr.update(visible=True),
                     c.notice: f"⚠ {e}. **Open anyway** loads what fits and leaves the rest randomly initialized "
                               "(a banner then names them); or choose another checkpoint."}
         except UserError as e:
+            s.cache.get("sent", {}).pop(c.notice, None)
             return {c.key: s.key, c.ckpt: gr.update(value=current), c.notice: f"⚠ {e}"}
         cfg = lm.model.cfg
         L, M = cfg.n_levels, cfg.n_heads
@@ -296,8 +328,9 @@ class Handlers:
                 if s.capture is not None:
                     out[self.c.example] = st.example
                     out[self.c.image_panel] = gr.Accordion(open=False)
-        elif s.active_tab in TABS:
-            out.update(self.tab_update(s, s.active_tab))
+        if s.active_tab in TABS:
+            with s.lock:
+                out.update(self.tab_update(s, s.active_tab))
         if problems:
             out[self.c.notice] = "⚠ This link could not be restored fully: " + "; ".join(problems)
         return out
@@ -321,7 +354,8 @@ class Handlers:
                 log.exception("unexpected error in %s", fn.__name__)
                 out = {self.c.notice: f"⚠ Internal error ({type(e).__name__}). The server keeps running; "
                                       "please try again or report it."}
-            return {k: v for k, v in out.items() if k in keys}
+            out = {k: v for k, v in out.items() if k in keys}
+            return out or [gr.skip()] * len(outputs)  # Gradio reads an empty dict as one missing value
         return run
 
     def _api(self, fn, outputs):

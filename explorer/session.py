@@ -319,6 +319,11 @@ class Explorer:
             s.cache[("picture", tab_id)] = drawn.body.shape[:2]
         return drawn
 
+    def tab_signature(self, s: Session, tab_id: str) -> tuple:
+        """What a tab's drawing depends on: equal signatures draw the same tab."""
+        grads = tuple(sorted(k[1] for k in s.cache if isinstance(k, tuple) and k[0] == "gradients"))
+        return (tab_id, id(s.capture), s.model_name, s.target, dataclasses.astuple(s.view), grads)
+
     def click_tab(self, s: Session, tab_id: str, u: float, v: float) -> None:
         """A click at (u, v) on an image tab's picture: sets what its ``click`` says."""
         tab = TABS.get(tab_id)

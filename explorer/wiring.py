@@ -15,14 +15,19 @@ def wire(h, demo, model_events: dict, tab_js: str, box_js: str, url_js: str) -> 
     c = h.c
     tab_comps = [comp for pair in c.tab_out.values() for comp in pair]
     main = [c.key, c.det_image, c.att_image, c.det_list, c.status, c.legend, c.link, c.url, c.notice,
-            c.image_panel, c.example, *c.controls, c.follow, c.zoom, c.threshold, c.tabs, *tab_comps]
-    ckpt_out = [*main, c.header, c.ckpt, c.open_anyway]
+            c.image_panel, c.example, *c.controls, c.follow, c.zoom, c.threshold, c.tabs]
+    ckpt_out = [*main, *tab_comps, c.header, c.ckpt, c.open_anyway]
     page, api = h._page, h._api
     box = c.box
 
-    def on(event, fn, inputs, outputs=main, model=False, **kw):
-        event(page(fn, outputs), [c.key, *inputs, box], outputs, api_name=False, js=box_js,
-              **(model_events if model else {}), **kw)
+    def on(event, fn, inputs, outputs=main, model=False, tab=True, **kw):
+        """A page event; then (a second step, so that the pictures arrive first) the tab on screen.
+        A change of view takes a few tens of ms: no progress overlay (its flicker costs more)."""
+        kw.setdefault("show_progress", "full" if model else "hidden")
+        dep = event(page(fn, outputs), [c.key, *inputs, box], outputs, api_name=False, js=box_js,
+                    **(model_events if model else {}), **kw)
+        if tab:
+            dep.success(page(h.refresh_tab, tab_comps), [c.key], tab_comps, api_name=False, show_progress="hidden")
 
     # ---- the page ----
     on(c.upload.upload, h.detect, [c.upload, c.threshold], model=True, preprocess=False, show_progress="full")
@@ -44,14 +49,16 @@ def wire(h, demo, model_events: dict, tab_js: str, box_js: str, url_js: str) -> 
         if tab_id in c.actions:
             choice, button = c.actions[tab_id]
             on(button.click, h.run_action, [gr.State(tab_id), choice], outputs=[note, body],
-               model=TABS[tab_id].action.model, show_progress="full")
+               model=TABS[tab_id].action.model, tab=False, show_progress="full")
     # No select listener on tabs (see explorer.page): the change event, the id read from the DOM.
     c.tabs.change(page(h.show_tab, [c.key, *tab_comps, c.url, c.link, c.notice]), [c.key, c.text_in, box],
                   [c.key, *tab_comps, c.url, c.link, c.notice], api_name=False, js=tab_js)
-    on(c.ckpt.input, h.set_checkpoint, [c.ckpt], outputs=ckpt_out, model=True, show_progress="full")
-    on(c.open_anyway.click, h.open_anyway, [], outputs=ckpt_out, model=True, show_progress="full")
+    on(c.ckpt.input, h.set_checkpoint, [c.ckpt], outputs=ckpt_out, model=True, tab=False, show_progress="full")
+    on(c.open_anyway.click, h.open_anyway, [], outputs=ckpt_out, model=True, tab=False, show_progress="full")
     c.url.change(None, [c.url], None, js=url_js)
-    demo.load(page(h.restore, main), [c.key, box], main, api_name=False, js=box_js, **model_events)
+    # Not in the model's queue: a page would count its own load as an image being processed (and
+    # be refused its first click); a link's example runs under the model's lock all the same.
+    demo.load(page(h.restore, main + tab_comps), [c.key, box], main + tab_comps, api_name=False, js=box_js)
 
     # ---- plain API endpoints (the select events above wrap the same calls) ----
     out = [c.key, c.det_image, c.att_image, c.det_list, c.status, c.notice, c.legend]
