@@ -234,14 +234,17 @@ def test_an_example_stays_fast_while_another_page_floods_uploads(server, tmp_pat
     example_runs(["synthetic_01.png"])  # this page's first call
     alone = example_runs(["synthetic_02.png", "synthetic_03.png", "synthetic_04.png"])
     refused = sum(demo.admission.refused.values())
-    # The flooding page stands for another machine: at the lowest CPU priority here, so that
-    # what is measured is the server's share between pages, not two processes' share of 2 cores.
+    # The flooding page stands for another machine: a little below this process's CPU priority,
+    # enough that its own client work does not dominate 2 shared cores (at +5 it still keeps 11
+    # uploads waiting in Gradio's plain queue: bench/serving.py).
     flood = subprocess.Popen([sys.executable, str(ROOT / "tests" / "flood_client.py"), url, str(big), "12",
                               f"{USER}:{PASSWORD}"], stdout=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: os.nice(19))
+                             preexec_fn=lambda: os.nice(5))
     try:
         assert flood.stdout.readline().strip() == "flooding"
-        time.sleep(3)  # the flood is in full swing: one run in flight, the rest refused
+        t0 = time.time()  # in full swing: every thread has sent an upload (one runs, the rest were refused)
+        while sum(demo.admission.refused.values()) - refused < 12 and time.time() - t0 < 120:
+            time.sleep(0.2)
         flooded = example_runs(["synthetic_02.png", "synthetic_03.png", "synthetic_04.png"])
     finally:
         flood.terminate()
