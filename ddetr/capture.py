@@ -9,15 +9,18 @@
 
 Hooks sit on each ``SamplingCore`` (the op's exact inputs), on the decoder self-attention
 (whose weights are recomputed from its inputs, so the model's own computation is untouched),
-on the encoder (padding mask) and on the model (image metadata and outputs). They exist only
+on the encoder (padding mask) and on the model (the batch in, the ``ModelOutput`` out). Each
+hook reads its module's inputs by parameter name, checked when the capture opens. What the
+model computed anyway (detections in original pixels, per-layer boxes, two-stage proposals,
+level geometry) comes from its output, so capture recomputes nothing. Hooks exist only
 while the context is open, and record only calls made by the thread that opened it, so two
 captures in two threads never mix (design principle 8).
 
 Storage. Per layer the capture keeps what the op consumed in factored form: the raw
 ``sampling_offsets`` output and the reference points, from which ``Capture.sampling``
-rebuilds the locations with the model's own formula (``frames.sampling_locations``, the same
-operations as ``attention.sampling_locations_from``), plus the attention weights. In float32
-the rebuilt locations equal the op's input bit for bit (tested); in float16 (the default)
+rebuilds the locations with the function the model itself calls (``frames.sampling_locations``),
+plus the attention weights. In float32 the rebuilt locations equal the op's input bit for
+bit (tested); in float16 (the default)
 offsets keep ~0.01 level-pixel precision, much better than float16 absolute locations would
 (~0.1 px). For the R50 models at 800x1333 one encoder layer is ~17.8 MB in float16 (~35 MB in
 float32); the default ``max_bytes=100e6`` keeps the decoder, the self-attention and as many
