@@ -19,10 +19,14 @@ import statistics
 import sys
 import time
 
-import numpy as np
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ddetr.openmp import sleep_when_idle  # noqa: E402
+
+sleep_when_idle()  # before torch is imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 import ddetr  # noqa: E402
 from ddetr.capture import capture  # noqa: E402
