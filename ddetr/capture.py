@@ -20,9 +20,8 @@ Storage. Per layer the capture keeps what the op consumed in factored form: the 
 ``sampling_offsets`` output and the reference points, from which ``Capture.sampling``
 rebuilds the locations with the function the model itself calls (``frames.sampling_locations``),
 plus the attention weights. In float32 the rebuilt locations equal the op's input bit for
-bit (tested); in float16 (the default)
-offsets keep ~0.01 level-pixel precision, much better than float16 absolute locations would
-(~0.1 px). For the R50 models at 800x1333 one encoder layer is ~17.8 MB in float16 (~35 MB in
+bit (tested); in float16 (the default) offsets keep ~0.01 level-pixel precision, much better
+than float16 absolute locations would (~0.1 px). For the R50 models at 800x1333 one encoder layer is ~17.8 MB in float16 (~35 MB in
 float32); the default ``max_bytes=100e6`` keeps the decoder, the self-attention and as many
 encoder layers as fit, deepest first (4 of 6 at 800x1333), and lists the rest in
 ``Capture.left_out``; ``max_bytes=None, dtype=torch.float32`` keeps everything (~230 MB).
