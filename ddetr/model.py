@@ -58,7 +58,8 @@ class DeformableDETR(nn.Module):
         self.backbone = nn.ModuleList([Backbone(cfg)])
         self.position_embedding = PositionEmbeddingSine(d // 2)
         num_pred = cfg.dec_layers + 1 if cfg.two_stage else cfg.dec_layers
-        self.class_embed, self.bbox_embed = build_heads(d, cfg.num_classes, num_pred, cfg.with_box_refine, cfg.two_stage)
+        self.class_embed, self.bbox_embed = build_heads(d_model=d, num_classes=cfg.num_classes, num_pred=num_pred,
+                                                        refine=cfg.with_box_refine, two_stage=cfg.two_stage)
         self.transformer = DeformableTransformer(
             d_model=d, n_heads=cfg.n_heads, enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
             d_ffn=cfg.dim_feedforward, dropout=cfg.dropout, n_levels=cfg.n_levels, n_points=cfg.n_points,
@@ -125,9 +126,10 @@ class DeformableDETR(nn.Module):
             detections = postprocess(layers[-1].logits.detach(), layers[-1].boxes.detach(), sizes,
                                      self.cfg.class_names, top_k or self.cfg.top_k)
         return ModelOutput(
-            layers[-1].logits, layers[-1].boxes, layers[:-1], enc, t.proposal_index,
-            t.decoder.references, t.spatial_shapes, t.level_start_index, t.valid_ratios,
-            t.proposal_valid, self.strides, detections,
+            logits=layers[-1].logits, boxes=layers[-1].boxes, aux=layers[:-1], enc=enc,
+            proposal_index=t.proposal_index, references=t.decoder.references, spatial_shapes=t.spatial_shapes,
+            level_start_index=t.level_start_index, valid_ratios=t.valid_ratios, proposal_valid=t.proposal_valid,
+            strides=self.strides, detections=detections,
         )
 
     @property
