@@ -103,5 +103,7 @@ class DeformableTransformer(nn.Module):
         dec = self.decoder(tgt=tgt, reference_points=reference_points, src=memory, spatial_shapes=spatial_shapes,
                            level_start_index=level_start_index, valid_ratios=valid_ratios, query_pos=query_pos,
                            padding_mask=mask_flat)
-        return TransformerOutput(dec, memory, spatial_shapes, level_start_index, valid_ratios,
-                                 enc_logits, enc_boxes, topk, proposal_valid)
+        return TransformerOutput(
+            decoder=dec, memory=memory, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+            valid_ratios=valid_ratios, enc_logits=enc_logits, enc_boxes_unact=enc_boxes, proposal_index=topk,
+            proposal_valid=proposal_valid)
