@@ -185,19 +185,21 @@ def _layers(spec, n: int, what: str) -> list[int]:
 
 
 def _timed(hook):
-    """Runs a hook only on the thread that opened the session, adding its time to
-    ``session.seconds``. Hooks take ``*rest``: PyTorch snapshots a module's hooks before
-    calling them, so a session closed by another thread mid-forward may still be called
-    once, possibly without the kwargs flag it was registered with."""
+    """Runs a hook only on the thread that opened the session, adding its wall time to
+    ``session.seconds`` and its CPU time (this thread's) to ``session.cpu_seconds``. Hooks
+    take ``*rest``: PyTorch snapshots a module's hooks before calling them, so a session
+    closed by another thread mid-forward may still be called once, possibly without the
+    kwargs flag it was registered with."""
 
     def wrapper(self, *args, **kwargs):
         if not self._mine():
             return None
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         try:
             return hook(self, *args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - t
+            self.cpu_seconds += time.thread_time() - c
 
     return wrapper
 
@@ -226,7 +228,9 @@ class CaptureSession:
         self._handles: list = []
         self._pass: _Pass | None = None
         self._calls = 0
-        self.seconds = 0.0  # time spent inside the hooks (recording), for benchmarks
+        # Time spent inside the hooks (recording), for benchmarks: wall, and CPU time of the
+        # recording thread (steady on a shared machine; all of it with one torch thread).
+        self.seconds = self.cpu_seconds = 0.0
 
     # --- context ---
     def __enter__(self) -> "CaptureSession":
