@@ -1,8 +1,11 @@
 """Shared test setup: the repository on sys.path, CPU threads that sleep when idle, and the
 fixtures of the viz tests."""
+import dataclasses
 import os
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -17,10 +20,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 # ----------------------------------------------------------------------------- viz fixtures
-import dataclasses  # noqa: E402
-
-import pytest  # noqa: E402
-
 EXAMPLE_MODEL = ROOT / "examples" / "default_model.safetensors"
 
 
