@@ -54,7 +54,7 @@ class _Package(types.ModuleType):
     @capture.setter
     def capture(self, value):
         if not isinstance(value, types.ModuleType):
-            raise AttributeError("ddetr.capture cannot be replaced; patch ddetr.capture.capture instead")
+            raise AttributeError("ddetr.capture is the capture function and cannot be replaced")
         # the import system binding the submodule: it stays reachable as sys.modules["ddetr.capture"]
 
 
