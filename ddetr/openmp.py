@@ -6,8 +6,9 @@ each other and every other process: measured on the 2-core machine this project 
 training step took 4 s instead of 0.5 s, and the small model's forward 3 s instead of 0.1 s.
 ``OMP_WAIT_POLICY=PASSIVE`` makes them sleep. The OpenMP runtime reads the variable once, when
 ``import torch`` loads it, so only a program's entry point can set it, before torch is
-imported: ``app.py``, ``python -m ddetr.train``, ``python -m ddetr.evaluate``, the ``bench/``
-scripts and the tests do. Importing ``ddetr`` itself leaves the environment alone.
+imported: ``app.py``, ``python -m ddetr.train`` / ``ddetr.evaluate`` and their console
+commands ``ddetr-train`` / ``ddetr-eval`` (``ddetr/commands.py``), the ``bench/`` scripts and
+the tests do. Importing ``ddetr`` itself leaves the environment alone.
 """
 from __future__ import annotations
 

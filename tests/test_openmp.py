@@ -22,19 +22,28 @@ def test_importing_ddetr_sets_nothing():
     assert out == "None False"
 
 
+_RUN_MODULE = """
+runpy.run_module("{target}", run_name="__main__", alter_sys=True)"""
+_RUN_COMMAND = """
+from ddetr import commands
+sys.exit(commands.{target}(["--help"]))"""
+
+
 @pytest.mark.slow  # a fresh interpreter imports torch and the CLI's dependencies
-@pytest.mark.parametrize("module", ["ddetr.train", "ddetr.evaluate"])
-def test_cli_sets_it_before_torch(module):
-    """Runs ``python -m <module> --help`` in-process, recording whether torch was already
-    loaded when the entry point asked for sleeping threads (too late if it was)."""
+@pytest.mark.parametrize("how, target", [
+    (_RUN_MODULE, "ddetr.train"), (_RUN_MODULE, "ddetr.evaluate"),  # python -m ...
+    (_RUN_COMMAND, "train"), (_RUN_COMMAND, "evaluate"),  # the console commands ddetr-train / ddetr-eval
+])
+def test_cli_sets_it_before_torch(how, target):
+    """Runs a CLI with ``--help``, recording whether torch was already loaded when the entry
+    point asked for sleeping threads (too late if it was)."""
     code = f"""
 import os, runpy, sys
 import ddetr.openmp as o
 calls, real = [], o.sleep_when_idle
 o.sleep_when_idle = lambda: calls.append(real())
-sys.argv = ["{module}", "--help"]
-try:
-    runpy.run_module("{module}", run_name="__main__", alter_sys=True)
+sys.argv = ["{target}", "--help"]
+try:{how.format(target=target).replace(chr(10), chr(10) + "    ")}
 except SystemExit:
     pass
 print(calls, os.environ.get("OMP_WAIT_POLICY"))
