@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 import ops
-from ddetr.capture import capture
 from ddetr.whatif import layer_inputs, reweighted, what_if
 from viz.cost import deformable_attention_cost, dense_attention_cost, pyramid_shapes
 from viz.learn_cost import cost_case, cost_figure, cost_markdown, r50_case
@@ -18,21 +17,16 @@ from viz.learn_slides import export_slides
 from viz.learn_steps import STEPS, layer_stack, step_view
 from viz.learn_text import GLOSSARY, SYMBOLS, TEXTS, word_count
 
-from test_viz import default_model, example_image
 
 
 @pytest.fixture(scope="module")
-def model_image():
-    torch.set_num_threads(2)
-    return default_model(), example_image()
+def model_image(captured):
+    return captured.model, captured.image
 
 
 @pytest.fixture(scope="module")
-def cap(model_image):
-    model, image = model_image
-    with capture(model) as s:
-        model.predict(image)
-    return s.last
+def cap(captured):
+    return captured.capture
 
 
 # ----------------------------------------------------------------------------- what if

@@ -15,7 +15,7 @@ from viz.learn_focus import Focus, focus
 from viz.learn_history import history_figure, history_markdown
 from viz.learn_teaching import specialisation
 
-from test_viz import default_model, example_image
+from conftest import default_model, example_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
