@@ -31,12 +31,30 @@ TEACHING = examples_dir() / "teaching" / "teaching.json"
 SNAPSHOTS = examples_dir() / "snapshots"
 
 
+_TEACHING_CAPTURES: dict = {}  # id(model) -> the teaching example's capture (small; one per loaded model)
+
+
+def teaching_capture(model):
+    """The teaching example run through ``model`` once (then kept)."""
+    from PIL import Image
+
+    from ddetr.capture import capture
+
+    key = id(model)
+    if key not in _TEACHING_CAPTURES:
+        with capture(model) as session:
+            model.predict(Image.open(teaching_example()["path"]))
+        _TEACHING_CAPTURES[key] = session.last
+    return _TEACHING_CAPTURES[key]
+
+
 @dataclass(frozen=True)
 class LearnState:
     """What the lesson follows: ``part`` "decoder" (row = query) or "encoder" (row = token);
     ``head`` None = all heads; the followed point (point_head or head, level, point), None =
     the heaviest; ``step`` 0-based; the what-if change (shift in level cells, new weight)."""
 
+    source: str = "teaching"  # "teaching": the teaching example; "page": the page's image
     part: str = "decoder"
     layer: int = -1
     row: int | None = None
@@ -64,9 +82,13 @@ def teaching_example() -> dict:
     return doc
 
 
-def teaching_state() -> LearnState:
+def teaching_state(capture=None) -> LearnState:
+    """The query chosen for teaching (the top detection's if ``capture`` lacks it)."""
     doc = teaching_example()
-    return LearnState(part=doc["part"], layer=int(doc["layer"]), row=int(doc["query"]))
+    row = int(doc["query"])
+    if capture is not None and row not in capture.detections.query_index.tolist():
+        row = None
+    return LearnState(part=doc["part"], layer=int(doc["layer"]), row=row)
 
 
 def learn_focus(capture, st: LearnState) -> Focus:

@@ -358,3 +358,23 @@ def figure_layers(f: Focus, stacks: dict[int, "Focus"]) -> go.Figure:
     part = "decoder" if f.part == "decoder" else "encoder"
     return _layout(fig, f"9. Across layers: the same {'query' if f.part == 'decoder' else 'pixel'} in every {part} layer",
                    height=420)
+
+
+def follow_picture(f: Focus, max_side: int = 560):
+    """(RGB array, scale): the image with the followed heads' sampling points (colour = head,
+    size = weight), the reference cross and the followed point ringed; a click at display pixel
+    (u, v) is image pixel ``viz.raster.to_image_px(u, v, scale)``."""
+    from .raster import Raster, display_scale
+    from .style import hex_to_rgb
+
+    scale = display_scale(f.capture.image.shape, max_side)
+    r = Raster(f.capture.image, scale, dim=0.25)
+    xy = f.image_px[f.heads].reshape(-1, 2)
+    heads = np.repeat(f.heads, f.n_levels * f.n_points)
+    colors = np.array([hex_to_rgb(head_color(m)) for m in heads], dtype=np.uint8)
+    w = f.weights[f.heads].ravel()
+    r.points(xy, colors, marker_diameter(w) * 1.2, order=np.argsort(w))
+    r.cross([f.reference_image_px])
+    x, y = f.image_px[f.shown_head, f.level, f.point] * scale
+    r.draw.ellipse([x - 12, y - 12, x + 12, y + 12], outline=hex_to_rgb(SELECTED_COLOR), width=3)
+    return r.array(), scale
