@@ -92,12 +92,17 @@ def build(c, h) -> None:
     def state(s) -> learn.LearnState:
         return s.cache.get("learn_state") or learn.LearnState()
 
+    def teaching(s):
+        lm = x.model_of(s)
+        with lm.lock:  # the model's forward passes take turns (explorer.models)
+            return learn.teaching_capture(lm.model)
+
     def capture_of(s, st):
         if st.source == "page":
             if s.capture is None:
                 raise ValueError("the page has no image yet: pick an example or upload one, or follow the teaching example")
             return s.capture
-        return learn.teaching_capture(x.model_of(s).model)
+        return teaching(s)
 
     def render(s, st) -> dict:
         cap = capture_of(s, st)
@@ -123,13 +128,13 @@ def build(c, h) -> None:
         with s.lock:
             st = s.cache.get("learn_state")
             if st is None:
-                st = learn.teaching_state(learn.teaching_capture(x.model_of(s).model))
+                st = learn.teaching_state(teaching(s))
             return render(s, st)
 
     def on_source(key, source):
         def fn(s, st):
             if source == "teaching":
-                return learn.teaching_state(learn.teaching_capture(x.model_of(s).model)).with_(step=st.step)
+                return learn.teaching_state(teaching(s)).with_(step=st.step)
             if s.capture is None:
                 raise ValueError("the page has no image yet: pick an example or upload one first")
             t = s.target
@@ -162,14 +167,18 @@ def build(c, h) -> None:
         with s.lock:
             st = state(s).with_(shift=(float(dx), float(dy)), weight=None if w is None or w < 0 else float(w))
             s.cache["learn_state"] = st
-            md, fig = learn.what_if_view(x.model_of(s).model, capture_of(s, st), st, s.cache.setdefault("learn_cache", {}))
+            lm, cap = x.model_of(s), capture_of(s, st)
+            with lm.lock:
+                md, fig = learn.what_if_view(lm.model, cap, st, s.cache.setdefault("learn_cache", {}))
             return {c.learn_whatif_text: md, c.learn_whatif_plot: fig, c.notice: ""}
 
     def history(key):
         s = x.session(key)
         with s.lock:
             st = state(s)
-            md, fig = learn.history_view(capture_of(s, st), st, s.cache.setdefault("learn_cache", {}))
+            cap = capture_of(s, st)
+            with x.model_of(s).lock:  # the snapshots' forward passes take turns with the model's
+                md, fig = learn.history_view(cap, st, s.cache.setdefault("learn_cache", {}))
             return {c.learn_history_text: md, c.learn_history_plot: fig, c.notice: ""}
 
     def export(key):
@@ -193,8 +202,10 @@ def build(c, h) -> None:
 
     # Opening the tab starts the lesson (the teaching example unless the session follows
     # something else). A second listener on the tabs' change event, as explorer.page's own.
-    c.tabs.change(page(on_open, view_out), [c.key, c.learn_tabid], view_out, api_name=False, js=OPEN_JS,
-                  **model_events).then(None, None, None, js=step_js)
+    # Not in the model's queue: the page allows one model run in flight (explorer.serving), and an
+    # image picked while the tab opens must not be refused; the model's lock still serializes.
+    c.tabs.change(page(on_open, view_out), [c.key, c.learn_tabid], view_out, api_name=False,
+                  js=OPEN_JS).then(None, None, None, js=step_js)
     ev(c.learn_prev.click, lambda k: change(k, lambda s, st: learn.step_to(st, st.step - 1)), [c.key])
     ev(c.learn_next.click, lambda k: change(k, lambda s, st: learn.step_to(st, st.step + 1)), [c.key])
     ev(c.learn_step.input, lambda k, lab: change(k, lambda s, st: learn.step_to(st, LABELS.index(lab))),

@@ -92,7 +92,7 @@ def figure_pyramid(f: Focus) -> go.Figure:
     g = f.geometry
     L = g.n_levels
     h0, w0 = g.orig_size
-    titles = [f"level {l}: {int(w)} × {int(h)} cells, stride {s}" for l, ((h, w), s) in
+    titles = [f"level {l}: {int(w)}×{int(h)}, stride {s}" for l, ((h, w), s) in
               enumerate(zip(g.spatial_shapes, g.strides))]
     fig = make_subplots(1, L, subplot_titles=titles, horizontal_spacing=0.02)
     for l in range(L):
