@@ -74,7 +74,7 @@ def history_figure(image: np.ndarray, geometry, samplings, heads: list[int] | No
         fig.update_yaxes(range=[rect[3], rect[1]], showticklabels=False, showgrid=False, zeroline=False, row=r, col=c)
     for i in range(1, rows * cols + 1):
         fig.layout[f"yaxis{'' if i == 1 else i}"].update(scaleanchor=f"x{'' if i == 1 else i}", scaleratio=1)
-    fig.update_layout(height=330 * rows + 60, plot_bgcolor="white", margin=dict(l=10, r=10, t=70, b=10),
+    fig.update_layout(height=330 * rows + 90, plot_bgcolor="white", margin=dict(l=10, r=10, t=110, b=10),
                       title=dict(text="How it learned: the same query / pixel at each training snapshot", x=0.01),
                       legend=dict(orientation="h", y=-0.02, yanchor="top"))
     return fig
