@@ -27,7 +27,7 @@ _LAZY = {
     "Detections": "postprocess",
 }
 
-__all__ = [*_LAZY, "load", "capture", "Capture"]
+__all__ = [*_LAZY, "load", "capture", "Capture", "accelerate"]
 
 
 def __getattr__(name: str):
@@ -37,10 +37,35 @@ def __getattr__(name: str):
 
 
 def load(source, **kwargs):
-    """Load any supported checkpoint -> (model, report); see ``ddetr.checkpoint.load``."""
-    from .checkpoint import load as _load
+    """Load any supported checkpoint -> (model, report); see ``ddetr.checkpoint.load``.
 
-    return _load(source, **kwargs)
+    A transformers folder / hub id of another deformable-attention family (RT-DETR, Grounding
+    DINO, ...; ``ddetr.hf_family``), or a Deformable DETR whose backbone ours does not
+    implement, loads as a ``FamilyDetector`` with the same ``predict`` and capture.
+    """
+    from .checkpoint import CheckpointError, load as _load
+    from .hf_family.loading import family_model_type, load_family
+
+    family = family_model_type(source)
+    if family is not None and family != "deformable_detr":
+        return load_family(source, **kwargs)
+    try:
+        return _load(source, **kwargs)
+    except CheckpointError as refused:
+        if family is None:
+            raise
+        try:  # a Deformable DETR our model cannot hold exactly (Swin, timm names ...): run it as is
+            return load_family(source, note=f"not converted to ddetr's own model: {refused}", **kwargs)
+        except CheckpointError:
+            raise refused from None
+
+
+def accelerate(model) -> int:
+    """Swap a transformers detector's deformable attention for ``ops.ms_deform_attn``; returns
+    how many modules were swapped (see ``ddetr.hf_family.accelerate``)."""
+    from .hf_family.accelerate import accelerate as _accelerate
+
+    return _accelerate(model)
 
 
 # Imported eagerly: a lazy wrapper named like its submodule would be replaced by the module

@@ -1,0 +1,280 @@
+"""Capture for ``transformers`` detectors: the op's inputs at every deformable attention call.
+
+    det, report = ddetr.load("rt-detr-folder")          # or a FamilyDetector / a raw model
+    with ddetr.capture(det) as session:
+        det.predict(image)
+    c = session.captures[0]                              # the same Capture as for our model
+    c.sampling("decoder", 2)["locations"]               # (Lq, M, L, P, 2), bit-equal in float32
+
+A forward pre-hook (``with_kwargs=True``) on each ``MultiScaleDeformableAttention`` module
+binds the call to the module's own signature, so the tensors are read by name
+(``sampling_locations``, ``attention_weights``, ``value_spatial_shapes``) however the caller
+passed them. Locations are stored whole in float32 (their factors are not inputs of this
+module); attention weights in ``dtype``. Hooks exist only while the context is open and record
+only the opening thread's calls.
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..capture_io import Capture
+from ..frames import Geometry
+from ..postprocess import postprocess
+from .detector import FamilyBatch, FamilyDetector, Prompt
+from .registry import family_of, kernel_modules
+
+_DTYPES = {torch.float16: "float16", torch.float32: "float32"}
+
+
+def _layers(spec, available: list[int], part: str) -> list[int]:
+    if spec is True:
+        return list(available)
+    if not spec:
+        return []
+    want = sorted({int(i) for i in spec})
+    bad = [i for i in want if i not in available]
+    if bad:
+        raise ValueError(f"{part} layers {bad} have no deformable attention; this model has {part} layers {available}")
+    return want
+
+
+def valid_ratios(pixel_mask: torch.Tensor | None, spatial_shapes: torch.Tensor) -> torch.Tensor:
+    """(B, L, 2) valid (w, h) fraction of each level map, computed as the models do: the mask
+    (B, H, W) (1 = image) resized by nearest interpolation to each level, valid rows / columns
+    counted along the first column / row. All ones without a mask."""
+    L = spatial_shapes.shape[0]
+    if pixel_mask is None:
+        return torch.ones(1, L, 2)
+    out = []
+    for H, W in spatial_shapes.tolist():
+        m = F.interpolate(pixel_mask[None].float(), size=(H, W)).to(torch.bool)[0]  # (B, H_l, W_l)
+        vh = m[:, :, 0].sum(1).float() / H
+        vw = m[:, 0, :].sum(1).float() / W
+        out.append(torch.stack([vw, vh], -1))
+    return torch.stack(out, 1)
+
+
+class FamilyCaptureSession:
+    """``ddetr.capture`` for a ``FamilyDetector`` (or a raw ``transformers`` model of a
+    supported family); ``captures`` collects one ``Capture`` per image."""
+
+    def __init__(self, model, *, encoder=True, decoder=True, queries=None, self_attention=True,
+                 dtype=torch.float16, max_bytes=100e6):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be torch.float16 or torch.float32, got {dtype}")
+        if isinstance(queries, str) and queries != "detections":
+            raise ValueError(f"queries must be None, 'detections' or a list of indices, got {queries!r}")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive or None (no limit), got {max_bytes}")
+        self.detector = model if isinstance(model, FamilyDetector) else None
+        self.hf = model.hf if self.detector else model
+        self.family = family_of(getattr(getattr(self.hf, "config", None), "model_type", None))
+        if self.family is None:
+            raise TypeError(f"capture needs a ddetr DeformableDETR or a transformers detector of a supported "
+                            f"family, got {type(model).__name__}")
+        self.modules = kernel_modules(self.hf)
+        self.encoder = _layers(encoder, [i for i, _, _ in self.modules["encoder"]], "encoder")
+        self.decoder = _layers(decoder, [i for i, _, _ in self.modules["decoder"]], "decoder")
+        self.queries = queries if queries is None or isinstance(queries, str) else sorted({int(q) for q in queries})
+        self.dtype, self.max_bytes = dtype, max_bytes
+        if self_attention:
+            self.note_self_attention = "decoder self-attention: not recorded for transformers models"
+        else:
+            self.note_self_attention = None
+        self.captures: list[Capture] = []
+        self._thread, self._handles, self._pass, self._calls = None, [], None, 0
+
+    # --- context ---
+    def __enter__(self) -> "FamilyCaptureSession":
+        if self._handles:
+            raise RuntimeError("this capture is already open; create a new one with ddetr.capture(model)")
+        self._thread = threading.get_ident()
+        reg = self._handles.append
+        if self.detector is not None:
+            reg(self.detector.register_forward_pre_hook(self._on_detector, with_kwargs=True))
+        reg(self.hf.register_forward_pre_hook(self._on_start, with_kwargs=True))
+        reg(self.hf.register_forward_hook(self._on_end, with_kwargs=True))
+        for part, wanted in (("encoder", self.encoder), ("decoder", self.decoder)):
+            for i, _name, module in self.modules[part]:
+                if i in wanted:
+                    sig = inspect.signature(module.forward)
+                    reg(module.register_forward_pre_hook(partial(self._on_kernel, part, i, sig), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._pass = None
+
+    @property
+    def last(self) -> Capture:
+        if not self.captures:
+            raise LookupError("nothing captured yet: call model.predict(...) inside the `with` block")
+        return self.captures[-1]
+
+    def _mine(self) -> bool:
+        return threading.get_ident() == self._thread
+
+    # --- hooks ---
+    def _on_detector(self, module, args, kwargs):
+        if self._mine():
+            self._batch = kwargs.get("batch")
+
+    def _on_start(self, module, args, kwargs):
+        if not self._mine():
+            return
+        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+        batch = getattr(self, "_batch", None)
+        self._batch = None
+        self._pass = {"pixel_values": bound.get("pixel_values"), "pixel_mask": bound.get("pixel_mask"),
+                      "batch": batch, "enc": {}, "dec": {}, "shapes": None, "bytes": 0, "left_out": []}
+
+    def _on_kernel(self, part, i, sig, module, args, kwargs):
+        if not self._mine() or self._pass is None:
+            return
+        p = self._pass
+        a = sig.bind(*args, **kwargs).arguments
+        loc, w = a["sampling_locations"], a["attention_weights"]  # (B, Lq, M, L, P, 2), (B, Lq, M, L, P)
+        p["shapes"] = a["value_spatial_shapes"]
+        store = p["enc" if part == "encoder" else "dec"]
+        if i in store:  # a second call of the same layer (e.g. a second forward inside the model)
+            return
+        size = (loc[0].numel() * 4 + w[0].numel() * torch.finfo(self.dtype).bits // 8)
+        if self.max_bytes is not None and p["bytes"] + size > self.max_bytes and part == "encoder":
+            p["left_out"].append(f"encoder layer {i} ({size / 1e6:.1f} MB): over max_bytes="
+                                 f"{self.max_bytes / 1e6:g} MB; capture(..., max_bytes=None) keeps it")
+            return
+        p["bytes"] += size
+        store[i] = {"locations": loc.detach().to(torch.float32), "weights": w.detach().to(self.dtype)}
+
+    def _on_end(self, module, args, kwargs, output):
+        if not self._mine():
+            return
+        p, self._pass = self._pass, None
+        if p is None or p["shapes"] is None:
+            return
+        with torch.no_grad():
+            self.captures.extend(self._build(p, output, kwargs))
+        self._calls += 1
+
+    # --- per image ---
+    def _images(self, p):
+        """(sizes, orig_sizes, originals, prompt) from the detector's batch, or from the tensors
+        when the model was called directly (then the original is the input rescaled to [0, 1])."""
+        pv, pm = p["pixel_values"], p["pixel_mask"]
+        B, _, H, W = pv.shape
+        sizes = []
+        for b in range(B):
+            if pm is not None and self.family.uses_pixel_mask:
+                sizes.append((int(pm[b, :, 0].sum()), int(pm[b, 0, :].sum())))
+            else:
+                sizes.append((H, W))
+        batch: FamilyBatch | None = p["batch"]
+        if batch is not None:
+            return sizes, batch.orig_sizes, batch.originals, batch.prompt
+        originals = []
+        for b in range(B):
+            x = pv[b, :, : sizes[b][0], : sizes[b][1]].float()
+            originals.append((x - x.min()) / (x.max() - x.min()).clamp_min(1e-12))
+        names = self.detector.class_names if self.detector else []
+        return sizes, sizes, originals, Prompt(names)
+
+    def _build(self, p, out, kwargs) -> list[Capture]:
+        hf, fam = self.hf, self.family
+        sizes, orig_sizes, originals, prompt = self._images(p)
+        if self.detector is not None:
+            cls_logits = lambda t: self.detector.class_logits(t, prompt)  # noqa: E731
+        else:
+            cls_logits = lambda t: t  # noqa: E731
+        if not prompt.names:
+            K = out.logits.shape[-1]
+            prompt = Prompt([f"class {k}" for k in range(K)], prompt.token_map)
+        n_dec = len(self.modules["decoder"])
+        text = {"attention_mask": kwargs.get("attention_mask", p.get("attention_mask"))}
+        if text["attention_mask"] is None and "input_ids" in kwargs:
+            text["attention_mask"] = torch.ones_like(kwargs["input_ids"])
+        lo = fam.layer_outputs(hf, out, n_dec, text)
+        logits = cls_logits(out.logits).float()
+        dets = postprocess(logits, out.pred_boxes.float(), orig_sizes, prompt.names, fam.top_k)
+        shapes = p["shapes"].detach().cpu()
+        pm = p["pixel_mask"] if fam.uses_pixel_mask else None
+        vr = valid_ratios(None if pm is None else pm.detach().cpu(), shapes)
+        padded = tuple(p["pixel_values"].shape[-2:])
+        strides = [max(1, round(padded[1] / int(w))) for _h, w in shapes.tolist()]
+        sample = next(iter(p["dec"].values() or p["enc"].values()))["weights"]
+        Q, (M, L, P) = out.logits.shape[1], tuple(sample.shape[-3:])
+        captures = []
+        for b in range(len(sizes)):
+            if self.queries is None:
+                qsel = np.arange(Q)
+            elif self.queries == "detections":
+                qsel = np.unique(dets[b].query_index.numpy())
+            else:
+                bad = [q for q in self.queries if not 0 <= q < Q]
+                if bad:
+                    raise ValueError(f"capture(queries=...) asks for queries {bad}; the model has queries 0..{Q - 1}")
+                qsel = np.asarray(self.queries, dtype=np.int64)
+            arrays: dict[str, np.ndarray] = {}
+            Lv = int(shapes.prod(1).sum())
+            arrays["padding_mask"] = np.zeros(Lv, dtype=bool) if pm is None else _token_padding(pm[b], shapes)
+            for i, rec in p["enc"].items():
+                for k, v in rec.items():
+                    arrays[f"enc/{i}/{k}"] = v[b].cpu().numpy().copy()
+            qs = torch.as_tensor(qsel)
+            for i, rec in p["dec"].items():
+                for k, v in rec.items():
+                    arrays[f"dec/{i}/{k}"] = v[b].index_select(0, qs.to(v.device)).cpu().numpy()
+            if p["dec"]:
+                arrays["dec/query_index"] = qsel.astype(np.int64)
+            K = logits.shape[-1]
+            for i in range(n_dec):
+                lg, bx, rf = lo.logits[i], lo.boxes[i], lo.references[i]
+                lg = torch.full((Q, K), float("nan")) if lg is None else cls_logits(lg)[b]
+                arrays[f"layer/{i}/logits"] = lg.float().cpu().numpy()
+                arrays[f"layer/{i}/boxes"] = (torch.full((Q, 4), float("nan")) if bx is None else bx[b]).float().cpu().numpy()
+                arrays[f"layer/{i}/reference"] = (torch.full((Q, 2), float("nan")) if rf is None else rf[b]).float().cpu().numpy()
+            d = dets[b]
+            arrays.update({"det/boxes": d.boxes.numpy(), "det/scores": d.scores.numpy(), "det/labels": d.labels.numpy(),
+                           "det/query_index": d.query_index.numpy()})
+            geometry = Geometry(shapes.numpy(), vr[min(b, vr.shape[0] - 1)].numpy(), sizes[b], padded, orig_sizes[b], strides)
+            left_out = list(p["left_out"])
+            if not self.modules["encoder"]:
+                left_out.append(f"encoder sampling: {fam.title} has no deformable encoder")
+            if any(x is None for x in lo.logits + lo.boxes + lo.references):
+                left_out.append(f"per-layer boxes, scores or references of intermediate decoder layers: "
+                                f"{fam.title}'s output holds only the last layer's (NaN in the capture)")
+            if self.note_self_attention:
+                left_out.append(self.note_self_attention)
+            if len(qsel) < Q and p["dec"]:
+                left_out.append(f"decoder sampling of {Q - len(qsel)} of {Q} queries (queries={self.queries!r})")
+            cfg = hf.config
+            meta = {
+                "variant": fam.model_type, "family": fam.model_type, "class_names": list(prompt.names),
+                "num_classes": int(K), "n_heads": int(M), "n_levels": int(L), "n_points": int(P),
+                "num_queries": int(Q), "enc_layers": len(self.modules["encoder"]), "dec_layers": n_dec,
+                "d_model": int(getattr(cfg, "d_model", 0) or 0), "two_stage": bool(getattr(cfg, "two_stage", False)),
+                "with_box_refine": bool(getattr(cfg, "with_box_refine", True)), "top_k": fam.top_k,
+                "geometry": geometry.to_dict(), "dtype": _DTYPES[self.dtype],
+                "encoder_layers": sorted(p["enc"]), "decoder_layers": sorted(p["dec"]), "self_attention_layers": [],
+                "queries": "all" if self.queries is None else self.queries if isinstance(self.queries, str) else "list",
+                "max_bytes": self.max_bytes, "left_out": left_out, "call": self._calls, "image_index": b,
+            }
+            image = (originals[b].detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
+            captures.append(Capture(meta, arrays, image.permute(1, 2, 0).numpy()))
+        return captures
+
+
+def _token_padding(mask: torch.Tensor, shapes: torch.Tensor) -> np.ndarray:
+    """(Lv,) True at padding tokens: the image mask (H, W) (1 = image) resized to each level."""
+    out = []
+    for H, W in shapes.tolist():
+        m = F.interpolate(mask[None, None].float(), size=(H, W))[0, 0].to(torch.bool)
+        out.append(~m.flatten())
+    return torch.cat(out).cpu().numpy()
