@@ -96,6 +96,7 @@ class FamilyDetector(nn.Module):
                              "with its tokenizer files or pass tokenizer=")
         parts = kernel_modules(hf)
         self.has_encoder = bool(parts["encoder"])
+        self.train(hf.training)  # a new nn.Module is in training mode; keep the model's own mode
 
     # --- facts the explorer and captures read ---
     @property

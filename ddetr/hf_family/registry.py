@@ -74,7 +74,10 @@ def _intermediates(model, out, D: int, text) -> LayerOutputs:
     inter_boxes = getattr(out, "intermediate_reference_points", None)
     if inter_logits is None or inter_boxes is None or inter_logits.shape[1] != D:
         return _final_only(model, out, D, text)
-    return LayerOutputs([inter_logits[:, i] for i in range(D)], [inter_boxes[:, i] for i in range(D)], _refs(out, D))
+    refs = _refs(out, D)
+    if refs[0] is not None:  # RT-DETR returns its initial reference as a logit (reference_points_unact)
+        refs[0] = refs[0].sigmoid()
+    return LayerOutputs([inter_logits[:, i] for i in range(D)], [inter_boxes[:, i] for i in range(D)], refs)
 
 
 def _final_only(model, out, D: int, text) -> LayerOutputs:
@@ -103,8 +106,8 @@ class Family:
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("deformable_detr", "Deformable DETR", True, _deformable_detr),
-    Family("grounding_dino", "Grounding DINO", True, _grounding_dino, text="phrases", top_k=300),
-    Family("mm_grounding_dino", "MM Grounding DINO", True, _grounding_dino, text="phrases", top_k=300),
+    Family("grounding-dino", "Grounding DINO", True, _grounding_dino, text="phrases", top_k=300),
+    Family("mm-grounding-dino", "MM Grounding DINO", True, _grounding_dino, text="phrases", top_k=300),
     Family("rt_detr", "RT-DETR", False, _intermediates, top_k=300),
     Family("pp_doclayout_v2", "PP-DocLayout-V2", False, _intermediates, top_k=300),
     Family("pp_doclayout_v3", "PP-DocLayout-V3", False, _intermediates, top_k=300),

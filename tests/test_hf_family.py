@@ -1,0 +1,252 @@
+"""transformers detectors of the deformable-attention families behind our front door.
+
+Tiny random models built from the transformers config classes (no download): the capture
+holds exactly what each ``MultiScaleDeformableAttention`` call received, its frames put the
+model's own references where the model's boxes say, ``predict`` keeps query indices that
+match the raw logits, a ``save_pretrained`` folder loads through ``ddetr.load``, and
+``ddetr.accelerate`` leaves outputs equal.
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+import ddetr
+from ddetr.hf_family import FAMILIES, FamilyDetector
+from ddetr.hf_family.accelerate import AcceleratedMultiScaleDeformableAttention, restore
+from ddetr.hf_family.configs import image_processor, tiny_config, tiny_tokenizer
+
+transformers = pytest.importorskip("transformers")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+MODELS = {
+    "deformable_detr": ("DeformableDetrForObjectDetection", 96),
+    "rt_detr": ("RTDetrForObjectDetection", 96),
+    "grounding-dino": ("GroundingDinoForObjectDetection", 128),
+    "lw_detr": ("LwDetrForObjectDetection", 64),
+}
+PROMPT = "cat. remote control."
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory):
+    out = {}
+    for mt, (cls, size) in MODELS.items():
+        torch.manual_seed(0)
+        hf = getattr(transformers, cls)(tiny_config(mt)).eval()
+        tok = tiny_tokenizer(tmp_path_factory.mktemp("vocab")) if FAMILIES[mt].text else None
+        out[mt] = FamilyDetector(hf, FAMILIES[mt], image_processor(mt, size), tok)
+    return out
+
+
+def images():
+    g = np.random.default_rng(0)
+    return [g.integers(0, 256, (70, 110, 3), dtype=np.uint8), g.integers(0, 256, (50, 64, 3), dtype=np.uint8)]
+
+
+def text_for(mt):
+    return PROMPT if FAMILIES[mt].text else None
+
+
+def record_kernel_inputs(model):
+    """A test hook on every kernel module: (name, sampling_locations, attention_weights, shapes)."""
+    seen, handles = [], []
+    for name, m in model.named_modules():
+        if type(m).__name__ in ("MultiScaleDeformableAttention", "AcceleratedMultiScaleDeformableAttention"):
+            sig = inspect.signature(m.forward)
+
+            def hook(module, args, kwargs, name=name, sig=sig):
+                a = sig.bind(*args, **kwargs).arguments
+                seen.append((name, a["sampling_locations"].clone(), a["attention_weights"].clone()))
+
+            handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+    return seen, handles
+
+
+@pytest.mark.parametrize("mt", list(MODELS))
+def test_capture_holds_what_the_module_received(detectors, mt):
+    det = detectors[mt]
+    seen, handles = record_kernel_inputs(det.hf)
+    try:
+        with ddetr.capture(det, dtype=torch.float32) as session:
+            det.predict(images(), text=text_for(mt))
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(session.captures) == 2 and seen
+    for name, loc, w in seen:
+        part = "encoder" if ".encoder." in name else "decoder"
+        layer = int(name.split(".layers.")[1].split(".")[0])
+        for b, c in enumerate(session.captures):
+            s = c.sampling(part, layer)
+            assert s["locations"].dtype == np.float32
+            assert np.array_equal(s["locations"], loc[b].numpy()), (name, b)  # bit-equal
+            assert np.array_equal(s["weights"], w[b].numpy()), (name, b)
+    c = session.captures[0]
+    assert c.decoder_layers == sorted({int(n.split(".layers.")[1].split(".")[0]) for n, *_ in seen if ".decoder." in n})
+    if det.has_encoder:
+        assert c.encoder_layers and c.encoder_points(c.encoder_layers[0], 30.0, 20.0)["image_px"].shape[-1] == 2
+    else:
+        assert not c.encoder_layers and any("no deformable encoder" in s for s in c.left_out)
+        with pytest.raises(KeyError):
+            c.encoder_points(0, 30.0, 20.0)
+    q = int(c.detections.query_index[0])
+    pts = c.decoder_points(c.decoder_layers[-1], q)
+    assert pts["image_px"].shape == pts["weights"].shape + (2,)
+    assert c.trajectory(q)["boxes"].shape == (c.meta["dec_layers"], 4)
+
+
+@pytest.mark.parametrize("mt", list(MODELS))
+def test_capture_file_round_trip(detectors, mt, tmp_path):
+    det = detectors[mt]
+    with ddetr.capture(det) as session:
+        det.predict(images()[:1], text=text_for(mt))
+    c = session.last
+    c.save(tmp_path / "c.npz")
+    assert ddetr.Capture.load(tmp_path / "c.npz") == c
+
+
+@pytest.mark.parametrize("mt", list(MODELS))
+def test_frames_put_the_models_references_where_its_boxes_say(detectors, mt):
+    """Known answer from the model itself: the first decoder layer's reference enters the op
+    scaled by the valid ratios (padding-aware families) or as is; mapped to image pixels by
+    the capture's geometry it must land on ``init_reference_points`` x original size."""
+    det = detectors[mt]
+    refs, handles = [], []
+    attn = next(m for n, m in det.hf.named_modules() if ".decoder.layers.0." in n and hasattr(m, "sampling_offsets"))
+    handles.append(attn.register_forward_pre_hook(
+        lambda mod, args, kwargs: refs.append(kwargs["reference_points"].clone()), with_kwargs=True))
+    outs = []
+    handles.append(det.hf.register_forward_hook(lambda mod, a, k, o: outs.append(o), with_kwargs=True))
+    try:
+        with ddetr.capture(det) as session:
+            det.predict(images(), text=text_for(mt))
+    finally:
+        for h in handles:
+            h.remove()
+    init = outs[0].init_reference_points  # (B, Q, 2 | 4) in [0, 1] of the image the boxes live in
+    if mt == "rt_detr":  # RT-DETR returns it as a logit (reference_points_unact)
+        init = init.sigmoid()
+    for b, c in enumerate(session.captures):
+        g = c.geometry
+        h0, w0 = images()[b].shape[:2]
+        assert g.orig_size == (h0, w0)
+        op = refs[0][b, ..., :2].numpy()  # (Q, L | 1, 2) op frame (RT-DETR passes one level, broadcast)
+        op = np.broadcast_to(op, (op.shape[0], g.n_levels, 2))
+        want = np.broadcast_to(init[b, :, None, :2].numpy() * np.array([w0, h0]), op.shape)
+        np.testing.assert_allclose(g.to_image(op, level_axis=-2), want, rtol=1e-4, atol=1e-3)
+        # the valid part's far corner on every level is the original image's corner
+        corner = g.to_image(g.valid_ratios[None], level_axis=-2)[0]
+        np.testing.assert_allclose(corner, np.tile([w0, h0], (g.n_levels, 1)), rtol=1e-9)
+
+
+@pytest.mark.parametrize("mt", list(MODELS))
+def test_predict_query_index_matches_raw_logits(detectors, mt):
+    det = detectors[mt]
+    ims = images()
+    dets = det.predict(ims, text=text_for(mt))
+    batch = det.prepare(ims, text_for(mt))
+    with torch.no_grad():
+        raw = det.hf(**batch.inputs)
+    for b, d in enumerate(dets):
+        assert len(d) > 0
+        h0, w0 = ims[b].shape[:2]
+        for i in range(min(len(d), 10)):
+            q, k = int(d.query_index[i]), int(d.labels[i])
+            if batch.prompt.token_map is None:
+                score = raw.logits[b, q, k].sigmoid()
+                assert d.label_names[i] == det.class_names[k]
+            else:  # a phrase's score is its best token's
+                tokens = batch.prompt.token_map[k].nonzero().flatten()
+                score = raw.logits[b, q, tokens].sigmoid().max()
+                assert d.label_names[i] == ["cat", "remote control"][k]
+            assert float(d.scores[i]) == pytest.approx(float(score), abs=1e-6)
+            cx, cy, bw, bh = raw.pred_boxes[b, q].tolist()
+            want = [(cx - bw / 2) * w0, (cy - bh / 2) * h0, (cx + bw / 2) * w0, (cy + bh / 2) * h0]
+            np.testing.assert_allclose(d.boxes[i].numpy(), want, rtol=1e-5, atol=1e-4)
+    thresholded = det.predict(ims, score_threshold=float(dets[0].scores[2]), text=text_for(mt))[0]
+    assert len(thresholded) >= 3 and (thresholded.scores >= dets[0].scores[2]).all()
+
+
+def test_text_errors_name_the_fix(detectors):
+    with pytest.raises(ValueError, match="text prompt"):
+        detectors["grounding-dino"].predict(images()[:1])
+    with pytest.raises(ValueError, match="fixed vocabulary"):
+        detectors["rt_detr"].predict(images()[:1], text="cat.")
+
+
+@pytest.mark.parametrize("mt", list(MODELS))
+def test_accelerate_leaves_outputs_equal(detectors, mt):
+    det = detectors[mt]
+    batch = det.prepare(images(), text_for(mt))
+    with torch.no_grad():
+        before = det.hf(**batch.inputs)
+        kernels = sum(type(m).__name__ == "MultiScaleDeformableAttention" for m in det.hf.modules())
+        try:
+            assert ddetr.accelerate(det) == kernels > 0
+            assert ddetr.accelerate(det) == 0  # already swapped
+            assert sum(isinstance(m, AcceleratedMultiScaleDeformableAttention) for m in det.hf.modules()) == kernels
+            after = det.hf(**batch.inputs)
+            with ddetr.capture(det) as session:  # captures still see the op's inputs by name
+                det(batch=batch)
+        finally:
+            assert restore(det) == kernels
+    # (Grounding DINO's logits are -inf at text padding: equal there too)
+    torch.testing.assert_close(after.logits, before.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(after.pred_boxes, before.pred_boxes, atol=1e-5, rtol=0)
+    assert len(session.captures) == 2
+
+
+def save_folder(det: FamilyDetector, folder):
+    det.hf.save_pretrained(folder)
+    det.processor.save_pretrained(folder)
+    if det.tokenizer is not None:
+        det.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("mt", ["rt_detr", "grounding-dino"])
+def test_load_save_pretrained_folder(detectors, mt, tmp_path):
+    det = detectors[mt]
+    folder = save_folder(det, tmp_path / mt)
+    loaded, report = ddetr.load(folder)
+    assert isinstance(loaded, FamilyDetector) and loaded.family.model_type == mt
+    assert report.format == "transformers" and FAMILIES[mt].title in str(report)
+    a = det.predict(images(), text=text_for(mt))
+    b = loaded.predict(images(), text=text_for(mt))
+    for x, y in zip(a, b):
+        assert torch.equal(x.query_index, y.query_index) and x.label_names == y.label_names
+        torch.testing.assert_close(x.scores, y.scores)
+        torch.testing.assert_close(x.boxes, y.boxes)
+
+
+def test_deformable_detr_folder_our_backbone_cannot_hold_is_wrapped(tmp_path):
+    """A Swin backbone: our converter refuses it, so the folder runs as a FamilyDetector;
+    a ResNet folder still converts into our own model."""
+    cfg = tiny_config("deformable_detr")
+    cfg.backbone_config = transformers.SwinConfig(image_size=128, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
+                                                  num_heads=[1, 1, 2, 2], window_size=4, out_indices=[2, 3, 4])
+    torch.manual_seed(0)
+    swin = transformers.DeformableDetrForObjectDetection(cfg).eval()
+    folder = tmp_path / "swin"
+    swin.save_pretrained(folder)
+    image_processor("deformable_detr", 96).save_pretrained(folder)
+    loaded, report = ddetr.load(folder)
+    assert isinstance(loaded, FamilyDetector)
+    assert any("not converted" in n for n in report.notes)
+    assert len(loaded.predict(images()[0])[0]) > 0
+
+
+def test_deformable_detr_folder_that_converts_loads_into_our_model(detectors, tmp_path):
+    folder = save_folder(detectors["deformable_detr"], tmp_path / "resnet")
+    model, report = ddetr.load(folder)
+    assert isinstance(model, ddetr.DeformableDETR) and report.format == "transformers"
+
+
+def test_unsupported_variant_says_why(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "d_fine"}')
+    with pytest.raises(ValueError, match="d_fine is not supported"):
+        ddetr.load(tmp_path)
