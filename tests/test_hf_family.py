@@ -18,6 +18,7 @@ import ddetr
 from ddetr.hf_family import FAMILIES, FamilyDetector
 from ddetr.hf_family.accelerate import AcceleratedMultiScaleDeformableAttention, restore
 from ddetr.hf_family.configs import image_processor, tiny_config, tiny_tokenizer
+from ddetr.hf_family.registry import final_prediction
 
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -27,6 +28,9 @@ MODELS = {
     "rt_detr": ("RTDetrForObjectDetection", 96),
     "grounding-dino": ("GroundingDinoForObjectDetection", 128),
     "lw_detr": ("LwDetrForObjectDetection", 64),
+    "mm-grounding-dino": ("MMGroundingDinoForObjectDetection", 128),
+    "rf_detr": ("RfDetrForObjectDetection", 64),
+    "omdet-turbo": ("OmDetTurboForObjectDetection", 128),
 }
 PROMPT = "cat. remote control."
 
@@ -60,7 +64,7 @@ def record_kernel_inputs(model):
 
             def hook(module, args, kwargs, name=name, sig=sig):
                 a = sig.bind(*args, **kwargs).arguments
-                seen.append((name, a["sampling_locations"].clone(), a["attention_weights"].clone()))
+                seen.append(("." + name, a["sampling_locations"].clone(), a["attention_weights"].clone()))
 
             handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
     return seen, handles
@@ -78,7 +82,7 @@ def test_capture_holds_what_the_module_received(detectors, mt):
             h.remove()
     assert len(session.captures) == 2 and seen
     for name, loc, w in seen:
-        part = "encoder" if ".encoder." in name else "decoder"
+        part = "encoder" if ".encoder." in name else "decoder"  # names start with "." (see the hook)
         layer = int(name.split(".layers.")[1].split(".")[0])
         for b, c in enumerate(session.captures):
             s = c.sampling(part, layer)
@@ -116,7 +120,8 @@ def test_frames_put_the_models_references_where_its_boxes_say(detectors, mt):
     the capture's geometry it must land on ``init_reference_points`` x original size."""
     det = detectors[mt]
     refs, handles = [], []
-    attn = next(m for n, m in det.hf.named_modules() if ".decoder.layers.0." in n and hasattr(m, "sampling_offsets"))
+    attn = next(m for n, m in det.hf.named_modules() if f".{n}".find(".decoder.layers.0.") >= 0
+                and hasattr(m, "sampling_offsets"))
     handles.append(attn.register_forward_pre_hook(
         lambda mod, args, kwargs: refs.append(kwargs["reference_points"].clone()), with_kwargs=True))
     outs = []
@@ -130,6 +135,14 @@ def test_frames_put_the_models_references_where_its_boxes_say(detectors, mt):
     init = outs[0].init_reference_points  # (B, Q, 2 | 4) in [0, 1] of the image the boxes live in
     if mt == "rt_detr":  # RT-DETR returns it as a logit (reference_points_unact)
         init = init.sigmoid()
+    if init.shape[1] != refs[0].shape[1]:
+        # OmDet-Turbo returns its encoder's anchors here. It uses no pixel mask and scales
+        # nothing: the reference it passes is already in the boxes' frame, so the geometry
+        # must be the identity up to the original size (no padding, unit valid ratios).
+        assert mt == "omdet-turbo"
+        init = refs[0][:, :, 0]
+        assert all(np.all(c.geometry.valid_ratios == 1) and c.geometry.input_size == c.geometry.padded_size
+                   for c in session.captures)
     for b, c in enumerate(session.captures):
         g = c.geometry
         h0, w0 = images()[b].shape[:2]
@@ -150,21 +163,21 @@ def test_predict_query_index_matches_raw_logits(detectors, mt):
     dets = det.predict(ims, text=text_for(mt))
     batch = det.prepare(ims, text_for(mt))
     with torch.no_grad():
-        raw = det.hf(**batch.inputs)
+        raw_logits, raw_boxes = final_prediction(det.hf(**batch.inputs))
     for b, d in enumerate(dets):
         assert len(d) > 0
         h0, w0 = ims[b].shape[:2]
         for i in range(min(len(d), 10)):
             q, k = int(d.query_index[i]), int(d.labels[i])
             if batch.prompt.token_map is None:
-                score = raw.logits[b, q, k].sigmoid()
-                assert d.label_names[i] == det.class_names[k]
+                score = raw_logits[b, q, k].sigmoid()
+                assert d.label_names[i] == batch.prompt.names[k]
             else:  # a phrase's score is its best token's
                 tokens = batch.prompt.token_map[k].nonzero().flatten()
-                score = raw.logits[b, q, tokens].sigmoid().max()
+                score = raw_logits[b, q, tokens].sigmoid().max()
                 assert d.label_names[i] == ["cat", "remote control"][k]
             assert float(d.scores[i]) == pytest.approx(float(score), abs=1e-6)
-            cx, cy, bw, bh = raw.pred_boxes[b, q].tolist()
+            cx, cy, bw, bh = raw_boxes[b, q].tolist()
             want = [(cx - bw / 2) * w0, (cy - bh / 2) * h0, (cx + bw / 2) * w0, (cy + bh / 2) * h0]
             np.testing.assert_allclose(d.boxes[i].numpy(), want, rtol=1e-5, atol=1e-4)
     thresholded = det.predict(ims, score_threshold=float(dets[0].scores[2]), text=text_for(mt))[0]
@@ -195,8 +208,8 @@ def test_accelerate_leaves_outputs_equal(detectors, mt):
         finally:
             assert restore(det) == kernels
     # (Grounding DINO's logits are -inf at text padding: equal there too)
-    torch.testing.assert_close(after.logits, before.logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(after.pred_boxes, before.pred_boxes, atol=1e-5, rtol=0)
+    for x, y in zip(final_prediction(after), final_prediction(before)):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
     assert len(session.captures) == 2
 
 

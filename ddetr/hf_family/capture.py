@@ -27,7 +27,7 @@ from ..capture_io import Capture
 from ..frames import Geometry
 from ..postprocess import postprocess
 from .detector import FamilyBatch, FamilyDetector, Prompt
-from .registry import family_of, kernel_modules
+from .registry import family_of, final_prediction, kernel_modules
 
 _DTYPES = {torch.float16: "float16", torch.float32: "float32"}
 
@@ -193,23 +193,24 @@ class FamilyCaptureSession:
             cls_logits = lambda t: self.detector.class_logits(t, prompt)  # noqa: E731
         else:
             cls_logits = lambda t: t  # noqa: E731
+        final_logits, final_boxes = final_prediction(out)
         if not prompt.names:
-            K = out.logits.shape[-1]
+            K = final_logits.shape[-1]
             prompt = Prompt([f"class {k}" for k in range(K)], prompt.token_map)
         n_dec = len(self.modules["decoder"])
         text = {"attention_mask": kwargs.get("attention_mask", p.get("attention_mask"))}
         if text["attention_mask"] is None and "input_ids" in kwargs:
             text["attention_mask"] = torch.ones_like(kwargs["input_ids"])
         lo = fam.layer_outputs(hf, out, n_dec, text)
-        logits = cls_logits(out.logits).float()
-        dets = postprocess(logits, out.pred_boxes.float(), orig_sizes, prompt.names, fam.top_k)
+        logits = cls_logits(final_logits).float()
+        dets = postprocess(logits, final_boxes.float(), orig_sizes, prompt.names, fam.top_k)
         shapes = p["shapes"].detach().cpu()
         pm = p["pixel_mask"] if fam.uses_pixel_mask else None
         vr = valid_ratios(None if pm is None else pm.detach().cpu(), shapes)
         padded = tuple(p["pixel_values"].shape[-2:])
         strides = [max(1, round(padded[1] / int(w))) for _h, w in shapes.tolist()]
         sample = next(iter(p["dec"].values() or p["enc"].values()))["weights"]
-        Q, (M, L, P) = out.logits.shape[1], tuple(sample.shape[-3:])
+        Q, (M, L, P) = final_logits.shape[1], tuple(sample.shape[-3:])
         captures = []
         for b in range(len(sizes)):
             if self.queries is None:

@@ -41,6 +41,27 @@ def tiny_config(model_type: str, *, vocab_size: int = 64, num_labels: int = 3):
             d_model=32, decoder_layers=2, decoder_ffn_dim=32, decoder_self_attention_heads=2,
             decoder_cross_attention_heads=2, num_queries=10, group_detr=1, num_labels=num_labels,
             projector_scale_factors=[1.0])
+    if model_type == "mm-grounding-dino":
+        return T.MMGroundingDinoConfig(
+            backbone_config=_SWIN_TINY, text_config=dict(_BERT_TINY, vocab_size=vocab_size), d_model=32,
+            encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
+            decoder_attention_heads=2, num_queries=10, max_text_len=16)
+    if model_type == "rf_detr":
+        return T.RfDetrConfig(
+            backbone_config=dict(model_type="rf_detr_dinov2", hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                 image_size=64, patch_size=16, out_indices=[1, 2], num_windows=2),
+            d_model=32, decoder_layers=2, decoder_ffn_dim=32, decoder_self_attention_heads=2,
+            decoder_cross_attention_heads=2, num_queries=10, group_detr=1, num_labels=num_labels,
+            projector_scale_factors=[1.0])
+    if model_type == "omdet-turbo":  # a transformers Swin (NCHW maps: no layer norm after it), CLIP text
+        return T.OmDetTurboConfig(
+            backbone_config=_SWIN_TINY, use_timm_backbone=False, apply_layernorm_after_vision_backbone=False,
+            text_config=dict(model_type="clip_text_model", vocab_size=vocab_size, hidden_size=16, num_hidden_layers=1,
+                             num_attention_heads=2, intermediate_size=16, max_position_embeddings=77, projection_dim=16),
+            text_projection_in_dim=16, text_projection_out_dim=16, task_encoder_hidden_dim=16, class_embed_dim=16,
+            encoder_hidden_dim=32, vision_features_channels=[32, 32, 32], encoder_in_channels=[16, 32, 64],
+            encoder_dim_feedforward=32, encoder_attention_heads=2, decoder_hidden_dim=32, decoder_num_heads=2,
+            decoder_num_layers=2, decoder_dim_feedforward=32, num_queries=10, image_size=128)
     raise ValueError(f"no tiny config for {model_type!r}")
 
 
@@ -64,11 +85,15 @@ def image_processor(model_type: str, size: int | tuple[int, int] = 96):
     or, for RT-DETR-like families, a fixed ``size`` x ``size`` resize."""
     import transformers as T
 
-    if model_type in ("deformable_detr", "grounding-dino"):
-        cls = {"deformable_detr": T.DeformableDetrImageProcessor, "grounding-dino": T.GroundingDinoImageProcessor}[model_type]
+    if model_type in ("deformable_detr", "grounding-dino", "mm-grounding-dino"):
+        cls = T.DeformableDetrImageProcessor if model_type == "deformable_detr" else T.GroundingDinoImageProcessor
         return cls(size={"shortest_edge": size, "longest_edge": int(size * 5 / 3)})
     if model_type == "lw_detr":  # its ViT's windows need a fixed square input
         return T.DeformableDetrImageProcessor(size={"height": size, "width": size})
+    if model_type == "rf_detr":
+        return T.RfDetrImageProcessor(size={"height": size, "width": size})
+    if model_type == "omdet-turbo":  # as OmDet-Turbo's own processor: a fixed square, no padding
+        return T.DetrImageProcessor(size={"height": size, "width": size}, do_pad=False)
     if model_type == "rt_detr":
         return T.RTDetrImageProcessor(size={"height": size, "width": size})
     raise ValueError(f"no image processor for {model_type!r}")

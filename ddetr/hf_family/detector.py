@@ -17,7 +17,7 @@ from torch import nn
 
 from ..postprocess import Detections, postprocess
 from ..preprocess import to_rgb_tensor
-from .registry import Family, kernel_modules
+from .registry import Family, final_prediction, kernel_modules
 
 
 @dataclass
@@ -129,11 +129,12 @@ class FamilyDetector(nn.Module):
             joined, token_map = phrase_token_map(self.tokenizer, names, n_pos)
             enc = self.tokenizer([joined], return_tensors="pt", padding="longest")
             return Prompt(names, token_map), dict(enc)
-        # "classes": one tokenized entry per class plus a task sentence (OmDet-Turbo)
-        cls = self.tokenizer(names, return_tensors="pt", padding="max_length", truncation=True,
-                             max_length=int(getattr(self.processor, "text_max_length", 77)))
-        task = self.tokenizer([f"Detect {', '.join(names)}."], return_tensors="pt", padding="max_length",
-                              truncation=True, max_length=int(getattr(self.processor, "text_max_length", 77)))
+        # "classes": one tokenized entry per class plus a task sentence, as OmDetTurboProcessor
+        # builds them (CLIP's 77 positions at most)
+        n = min(77, int(getattr(self.hf.config.text_config, "max_position_embeddings", 77)))
+        kw = dict(return_tensors="pt", padding="max_length", truncation=True, max_length=n)
+        cls = self.tokenizer(names, **kw)
+        task = self.tokenizer([f"Detect {', '.join(names)}."], **kw)
         return Prompt(names), {"classes_input_ids": cls["input_ids"], "classes_attention_mask": cls["attention_mask"],
                                "tasks_input_ids": task["input_ids"], "tasks_attention_mask": task["attention_mask"],
                                "classes_structure": torch.tensor([len(names)])}
@@ -197,9 +198,9 @@ class FamilyDetector(nn.Module):
         return self.detections(out, batch, top_k or self.family.top_k, score_threshold)
 
     def detections(self, out, batch: FamilyBatch, top_k: int, score_threshold: float = 0.0) -> list[Detections]:
-        logits = self.class_logits(out.logits, batch.prompt)
-        return postprocess(logits.float(), out.pred_boxes.float(), batch.orig_sizes, batch.prompt.names,
-                           top_k, score_threshold)
+        logits, boxes = final_prediction(out)
+        return postprocess(self.class_logits(logits, batch.prompt).float(), boxes.float(), batch.orig_sizes,
+                           batch.prompt.names, top_k, score_threshold)
 
     def __repr__(self) -> str:
         return f"FamilyDetector({self.family.title}, {type(self.hf).__name__}, source={self.source!r})"

@@ -82,7 +82,17 @@ def _intermediates(model, out, D: int, text) -> LayerOutputs:
 
 def _final_only(model, out, D: int, text) -> LayerOutputs:
     """Models whose output holds only the last layer's prediction."""
-    return LayerOutputs([None] * (D - 1) + [out.logits], [None] * (D - 1) + [out.pred_boxes], [None] * D)
+    logits, boxes = final_prediction(out)
+    return LayerOutputs([None] * (D - 1) + [logits], [None] * (D - 1) + [boxes], [None] * D)
+
+
+def final_prediction(out) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (B, Q, K), boxes (B, Q, 4) cxcywh in [0, 1]) of the last decoder layer. OmDet-Turbo
+    names them decoder_class_logits / decoder_coord_logits (the latter already sigmoid-ed: its
+    processor scales them to pixels as they are)."""
+    if getattr(out, "pred_boxes", None) is not None:
+        return out.logits, out.pred_boxes
+    return out.decoder_class_logits, out.decoder_coord_logits
 
 
 @dataclass(frozen=True)
