@@ -89,6 +89,7 @@ def test_capture_holds_what_the_module_received(detectors, mt):
             assert s["locations"].dtype == np.float32
             assert np.array_equal(s["locations"], loc[b].numpy()), (name, b)  # bit-equal
             assert np.array_equal(s["weights"], w[b].numpy()), (name, b)
+            assert s["references"] is not None  # stored as factors: every family uses the official formula
     c = session.captures[0]
     assert c.decoder_layers == sorted({int(n.split(".layers.")[1].split(".")[0]) for n, *_ in seen if ".decoder." in n})
     if det.has_encoder:

@@ -9,8 +9,12 @@
 A forward pre-hook (``with_kwargs=True``) on each ``MultiScaleDeformableAttention`` module
 binds the call to the module's own signature, so the tensors are read by name
 (``sampling_locations``, ``attention_weights``, ``value_spatial_shapes``) however the caller
-passed them. Locations are stored whole in float32 (their factors are not inputs of this
-module); attention weights in ``dtype``. Hooks exist only while the context is open and record
+passed them. Storage is our model's: the factors of the locations, the reference points (a
+pre-hook on the attention module) and the raw ``sampling_offsets`` projection (a forward hook
+on it), kept when the official formula (``frames.sampling_locations``) rebuilds the op's
+locations from them bit for bit, which it does for every family in the registry; otherwise the
+locations themselves in float32. Attention weights and offsets are stored in ``dtype``
+(float32: exactly what the op received). Hooks exist only while the context is open and record
 only the opening thread's calls.
 """
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..capture_io import Capture
-from ..frames import Geometry
+from ..frames import Geometry, sampling_locations
 from ..postprocess import postprocess
 from .detector import FamilyBatch, FamilyDetector, Prompt
 from .registry import family_of, final_prediction, kernel_modules
@@ -100,11 +104,21 @@ class FamilyCaptureSession:
             reg(self.detector.register_forward_pre_hook(self._on_detector, with_kwargs=True))
         reg(self.hf.register_forward_pre_hook(self._on_start, with_kwargs=True))
         reg(self.hf.register_forward_hook(self._on_end, with_kwargs=True))
+        parents = dict(self.hf.named_modules())
         for part, wanted in (("encoder", self.encoder), ("decoder", self.decoder)):
-            for i, _name, module in self.modules[part]:
-                if i in wanted:
-                    sig = inspect.signature(module.forward)
-                    reg(module.register_forward_pre_hook(partial(self._on_kernel, part, i, sig), with_kwargs=True))
+            for i, name, module in self.modules[part]:
+                if i not in wanted:
+                    continue
+                sig = inspect.signature(module.forward)
+                reg(module.register_forward_pre_hook(partial(self._on_kernel, part, i, sig), with_kwargs=True))
+                parent = parents.get(name.rsplit(".", 1)[0]) if "." in name else None
+                if parent is not None and isinstance(getattr(parent, "sampling_offsets", None), torch.nn.Module):
+                    # The factors of the locations: the attention's reference points (an input)
+                    # and its raw sampling_offsets projection (an output), kept when they
+                    # rebuild the op's locations bit for bit (see _factors).
+                    psig = inspect.signature(parent.forward)
+                    reg(parent.register_forward_pre_hook(partial(self._on_attention, part, i, psig), with_kwargs=True))
+                    reg(parent.sampling_offsets.register_forward_hook(partial(self._on_offsets, part, i)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -134,7 +148,32 @@ class FamilyCaptureSession:
         batch = getattr(self, "_batch", None)
         self._batch = None
         self._pass = {"pixel_values": bound.get("pixel_values"), "pixel_mask": bound.get("pixel_mask"),
-                      "batch": batch, "enc": {}, "dec": {}, "shapes": None, "bytes": 0, "left_out": []}
+                      "batch": batch, "enc": {}, "dec": {}, "shapes": None, "bytes": 0, "left_out": [],
+                      "factors": {}}
+
+    def _on_attention(self, part, i, sig, module, args, kwargs):
+        if self._mine() and self._pass is not None:
+            ref = sig.bind(*args, **kwargs).arguments.get("reference_points")
+            self._pass["factors"][(part, i)] = {"references": ref}
+
+    def _on_offsets(self, part, i, module, args, output):
+        if self._mine() and self._pass is not None and (part, i) in self._pass["factors"]:
+            self._pass["factors"][(part, i)]["offsets"] = output
+
+    def _factors(self, part, i, loc, shapes) -> dict[str, torch.Tensor] | None:
+        """{"offsets" (B, Lq, M, L, P, 2), "references" (B, Lq, L, 2 | 4)} when the official formula
+        (``frames.sampling_locations``) rebuilds ``loc`` from them bit for bit, else None (a
+        variant formula: the capture then keeps the locations themselves)."""
+        f = self._pass["factors"].pop((part, i), {})
+        ref, off = f.get("references"), f.get("offsets")
+        if ref is None or off is None or ref.dim() != 4 or off.numel() != loc.numel():
+            return None
+        B, Lq, M, L, P, _ = loc.shape
+        off = off.detach().view(B, Lq, M, L, P, 2)
+        ref = ref.detach().expand(B, Lq, L, ref.shape[-1])  # RT-DETR passes one level, broadcast
+        if loc.dtype != torch.float32 or not torch.equal(sampling_locations(ref, off, shapes, P), loc):
+            return None
+        return {"offsets": off, "references": ref}
 
     def _on_kernel(self, part, i, sig, module, args, kwargs):
         if not self._mine() or self._pass is None:
@@ -146,13 +185,21 @@ class FamilyCaptureSession:
         store = p["enc" if part == "encoder" else "dec"]
         if i in store:  # a second call of the same layer (e.g. a second forward inside the model)
             return
-        size = (loc[0].numel() * 4 + w[0].numel() * torch.finfo(self.dtype).bits // 8)
+        itemsize = torch.finfo(self.dtype).bits // 8
+        size = loc[0].numel() * itemsize + w[0].numel() * itemsize
         if self.max_bytes is not None and p["bytes"] + size > self.max_bytes and part == "encoder":
             p["left_out"].append(f"encoder layer {i} ({size / 1e6:.1f} MB): over max_bytes="
                                  f"{self.max_bytes / 1e6:g} MB; capture(..., max_bytes=None) keeps it")
             return
         p["bytes"] += size
-        store[i] = {"locations": loc.detach().to(torch.float32), "weights": w.detach().to(self.dtype)}
+        rec = {"weights": w.detach().to(self.dtype)}
+        factors = self._factors(part, i, loc.detach(), p["shapes"])
+        if factors is None:  # float32: the op's input itself
+            rec["locations"] = loc.detach().to(torch.float32)
+        else:  # as for our own model: offsets in ``dtype`` (exact in float32), references float32
+            rec["offsets"] = factors["offsets"].to(self.dtype)
+            rec["references"] = factors["references"].to(torch.float32)
+        store[i] = rec
 
     def _on_end(self, module, args, kwargs, output):
         if not self._mine():
@@ -209,7 +256,7 @@ class FamilyCaptureSession:
         vr = valid_ratios(None if pm is None else pm.detach().cpu(), shapes)
         padded = tuple(p["pixel_values"].shape[-2:])
         strides = [max(1, round(padded[1] / int(w))) for _h, w in shapes.tolist()]
-        sample = next(iter(p["dec"].values() or p["enc"].values()))["weights"]
+        sample = next(iter(p["dec"].values() or p["enc"].values()))["weights"]  # (B, N, M, L, P)
         Q, (M, L, P) = final_logits.shape[1], tuple(sample.shape[-3:])
         captures = []
         for b in range(len(sizes)):
