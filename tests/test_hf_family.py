@@ -9,6 +9,7 @@ match the raw logits, a ``save_pretrained`` folder loads through ``ddetr.load``,
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,3 +265,26 @@ def test_unsupported_variant_says_why(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "d_fine"}')
     with pytest.raises(ValueError, match="d_fine is not supported"):
         ddetr.load(tmp_path)
+
+
+def test_hub_id_loads_from_the_local_cache_offline(detectors, tmp_path):
+    """``ddetr.load("org/name")`` is ``from_pretrained`` with the hub id: with HF_HUB_OFFLINE=1
+    it reads the hub cache (laid out here by hand, as huggingface_hub writes it)."""
+    import os
+    import subprocess
+    import sys
+
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-rtdetr"
+    save_folder(detectors["rt_detr"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = ("import ddetr, numpy as np\n"
+            "m, r = ddetr.load('tiny-org/tiny-rtdetr')\n"
+            "d = m.predict(np.zeros((40, 60, 3), np.uint8))[0]\n"
+            "print(type(m).__name__, r.source, len(d))\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"),
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[:2] == ["FamilyDetector", "tiny-org/tiny-rtdetr"]
