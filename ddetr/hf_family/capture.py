@@ -32,6 +32,7 @@ from ..frames import Geometry, sampling_locations
 from ..postprocess import postprocess
 from .detector import FamilyBatch, FamilyDetector, Prompt
 from .registry import family_of, final_prediction, kernel_modules
+from .variants import is_v2, points_per_level, to_levels, uniform_points, v2_locations
 
 _DTYPES = {torch.float16: "float16", torch.float32: "float32"}
 
@@ -93,6 +94,7 @@ class FamilyCaptureSession:
             self.note_self_attention = None
         self.captures: list[Capture] = []
         self._thread, self._handles, self._pass, self._calls = None, [], None, 0
+        self._refused: list[str] = []  # layers whose sampling cannot be stored, with the reason
 
     # --- context ---
     def __enter__(self) -> "FamilyCaptureSession":
@@ -110,6 +112,15 @@ class FamilyCaptureSession:
                 if i not in wanted:
                     continue
                 sig = inspect.signature(module.forward)
+                if is_v2(module):  # a v2 attention: its function's inputs, from the module's (variants)
+                    if not uniform_points(module):
+                        self._refused.append(f"{part} layer {i}: per-level point counts {points_per_level(module)} "
+                                             "do not fit the (M, L, P) layout of a capture")
+                        continue
+                    reg(module.register_forward_pre_hook(partial(self._on_attention, part, i, sig), with_kwargs=True))
+                    reg(module.sampling_offsets.register_forward_hook(partial(self._on_offsets, part, i)))
+                    reg(module.register_forward_hook(partial(self._on_v2, part, i), with_kwargs=True))
+                    continue
                 reg(module.register_forward_pre_hook(partial(self._on_kernel, part, i, sig), with_kwargs=True))
                 parent = parents.get(name.rsplit(".", 1)[0]) if "." in name else None
                 if parent is not None and isinstance(getattr(parent, "sampling_offsets", None), torch.nn.Module):
@@ -153,8 +164,20 @@ class FamilyCaptureSession:
 
     def _on_attention(self, part, i, sig, module, args, kwargs):
         if self._mine() and self._pass is not None:
-            ref = sig.bind(*args, **kwargs).arguments.get("reference_points")
-            self._pass["factors"][(part, i)] = {"references": ref}
+            a = sig.bind(*args, **kwargs).arguments
+            self._pass["factors"][(part, i)] = {"references": a.get("reference_points"),
+                                                "shapes": a.get("spatial_shapes")}
+
+    def _on_v2(self, part, i, module, args, kwargs, output):
+        if not self._mine() or self._pass is None:
+            return
+        f = self._pass["factors"].pop((part, i), {})
+        if f.get("offsets") is None or f.get("references") is None:
+            return
+        L = len(points_per_level(module))
+        loc = to_levels(v2_locations(module, f["references"], f["offsets"], f["shapes"]), L)  # (B, Lq, M, L, P, 2)
+        w = to_levels(output[1], L)  # the module returns the weights the function received
+        self._record(part, i, loc, w, f["shapes"], factors=None)
 
     def _on_offsets(self, part, i, module, args, output):
         if self._mine() and self._pass is not None and (part, i) in self._pass["factors"]:
@@ -181,7 +204,13 @@ class FamilyCaptureSession:
         p = self._pass
         a = sig.bind(*args, **kwargs).arguments
         loc, w = a["sampling_locations"], a["attention_weights"]  # (B, Lq, M, L, P, 2), (B, Lq, M, L, P)
-        p["shapes"] = a["value_spatial_shapes"]
+        self._record(part, i, loc, w, a["value_spatial_shapes"], factors=True)
+
+    def _record(self, part, i, loc, w, shapes, factors: bool):
+        """Store one call: locations (B, Lq, M, L, P, 2), weights (B, Lq, M, L, P), shapes (L, 2);
+        ``factors``: try the reference / offset factors first (official formula only)."""
+        p = self._pass
+        p["shapes"] = shapes
         store = p["enc" if part == "encoder" else "dec"]
         if i in store:  # a second call of the same layer (e.g. a second forward inside the model)
             return
@@ -193,7 +222,7 @@ class FamilyCaptureSession:
             return
         p["bytes"] += size
         rec = {"weights": w.detach().to(self.dtype)}
-        factors = self._factors(part, i, loc.detach(), p["shapes"])
+        factors = self._factors(part, i, loc.detach(), p["shapes"]) if factors else None
         if factors is None:  # float32: the op's input itself
             rec["locations"] = loc.detach().to(torch.float32)
         else:  # as for our own model: offsets in ``dtype`` (exact in float32), references float32
@@ -292,7 +321,7 @@ class FamilyCaptureSession:
             arrays.update({"det/boxes": d.boxes.numpy(), "det/scores": d.scores.numpy(), "det/labels": d.labels.numpy(),
                            "det/query_index": d.query_index.numpy()})
             geometry = Geometry(shapes.numpy(), vr[min(b, vr.shape[0] - 1)].numpy(), sizes[b], padded, orig_sizes[b], strides)
-            left_out = list(p["left_out"])
+            left_out = list(p["left_out"]) + list(self._refused)
             if not self.modules["encoder"]:
                 left_out.append(f"encoder sampling: {fam.title} has no deformable encoder")
             if any(x is None for x in lo.logits + lo.boxes + lo.references):

@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from .variants import is_v2
+
 # Class names of the kernel modules a capture hooks and ``accelerate`` replaces.
 KERNEL_CLASS = "MultiScaleDeformableAttention"
 _PART_LAYER = re.compile(r"(?:^|\.)(encoder|decoder)\.layers\.(\d+)\.")
@@ -119,6 +121,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("grounding-dino", "Grounding DINO", True, _grounding_dino, text="phrases", top_k=300),
     Family("mm-grounding-dino", "MM Grounding DINO", True, _grounding_dino, text="phrases", top_k=300),
     Family("rt_detr", "RT-DETR", False, _intermediates, top_k=300),
+    Family("rt_detr_v2", "RT-DETRv2", False, _intermediates, top_k=300),
     Family("pp_doclayout_v2", "PP-DocLayout-V2", False, _intermediates, top_k=300),
     Family("pp_doclayout_v3", "PP-DocLayout-V3", False, _intermediates, top_k=300),
     Family("pp_doclayout_v4", "PP-DocLayout-V4", False, _intermediates, top_k=300),
@@ -127,12 +130,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("omdet-turbo", "OmDet-Turbo", False, _final_only, text="classes", top_k=300),
 )}
 
-# Close variants whose sampling does not go through the shared module (issue: which of them a
-# capture can serve, and why not).
+# Close variants a capture does not serve, and why. (RT-DETRv2's v2 attention is captured:
+# ``variants``.)
 NOT_SUPPORTED = {
-    "rt_detr_v2": "samples with its own multi_scale_deformable_attention_v2 function (per-level point "
-                  "counts, an optional discrete 'nearest' mode) inside RTDetrV2MultiscaleDeformableAttention, "
-                  "not through a MultiScaleDeformableAttention module, so there is no op call to hook",
     "d_fine": "deformable attention with per-level point counts and grid_sample on value maps it reshapes "
               "itself (DFineMultiscaleDeformableAttention); sampling locations are (B, Lq, M, sum P, 2), "
               "not (B, Lq, M, L, P, 2)",
@@ -156,12 +156,12 @@ def part_and_layer(qualified_name: str) -> tuple[str, int] | None:
 
 
 def kernel_modules(model: torch.nn.Module) -> dict[str, list[tuple[int, str, torch.nn.Module]]]:
-    """{"encoder": [(layer, name, module)], "decoder": [...]} of every kernel module, sorted by
-    layer. Raises ValueError for one whose place cannot be read (a model this table does not
+    """{"encoder": [(layer, name, module)], "decoder": [...]} of every kernel module (or v2
+    attention, ``variants``), sorted by layer. Raises ValueError for one whose place cannot be read (a model this table does not
     describe)."""
     out: dict[str, list] = {"encoder": [], "decoder": []}
     for name, module in model.named_modules():
-        if type(module).__name__ not in (KERNEL_CLASS, "AcceleratedMultiScaleDeformableAttention"):
+        if type(module).__name__ not in (KERNEL_CLASS, "AcceleratedMultiScaleDeformableAttention") and not is_v2(module):
             continue
         where = part_and_layer(name)
         if where is None:
