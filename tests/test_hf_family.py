@@ -28,6 +28,8 @@ MODELS = {
     "deformable_detr": ("DeformableDetrForObjectDetection", 96),
     "rt_detr": ("RTDetrForObjectDetection", 96),
     "rt_detr_v2": ("RTDetrV2ForObjectDetection", 96),
+    "d_fine": ("DFineForObjectDetection", 96),
+    "deimv2": ("Deimv2ForObjectDetection", 96),
     "grounding-dino": ("GroundingDinoForObjectDetection", 128),
     "lw_detr": ("LwDetrForObjectDetection", 64),
     "mm-grounding-dino": ("MMGroundingDinoForObjectDetection", 128),
@@ -35,6 +37,7 @@ MODELS = {
     "omdet-turbo": ("OmDetTurboForObjectDetection", 128),
 }
 PROMPT = "cat. remote control."
+V2 = ("rt_detr_v2", "d_fine", "deimv2")  # the v2 attention (ddetr.hf_family.variants)
 
 
 @pytest.fixture(scope="module")
@@ -72,30 +75,40 @@ def record_kernel_inputs(model):
     return seen, handles
 
 
-def record_v2_inputs(monkeypatch):
-    """RT-DETRv2 samples in a function: the test wraps it to see its arguments (by name)."""
+def record_v2_inputs(model, monkeypatch):
+    """The v2 attention (RT-DETRv2, D-FINE, DEIMv2) samples in a function: the test wraps it
+    to see its arguments by name. D-FINE and DEIMv2 hold it per module (``ms_deformable_attn_core``);
+    RT-DETRv2 calls the module-level function, once per decoder layer in order."""
     from transformers.models.rt_detr_v2 import modeling_rt_detr_v2 as v2
 
-    seen, original = [], v2.multi_scale_deformable_attention_v2
-    sig = inspect.signature(original)
-    names = iter(f".model.decoder.layers.{i}.encoder_attn" for i in range(10**6))
+    seen = []
 
-    def wrapper(*args, **kwargs):
-        a = sig.bind(*args, **kwargs).arguments
-        B, Lq, M, LP, _ = a["sampling_locations"].shape
-        L = len(a["num_points_list"])
-        seen.append((next(names), a["sampling_locations"].reshape(B, Lq, M, L, LP // L, 2).clone(),
-                     a["attention_weights"].reshape(B, Lq, M, L, LP // L).clone()))
-        return original(*args, **kwargs)
+    def recorder(fn, names):
+        sig = inspect.signature(fn)
 
-    monkeypatch.setattr(v2, "multi_scale_deformable_attention_v2", wrapper)
+        def wrapper(*args, **kwargs):
+            a = sig.bind(*args, **kwargs).arguments
+            B, Lq, M, LP, _ = a["sampling_locations"].shape
+            L = len(a["num_points_list"])
+            seen.append((next(names), a["sampling_locations"].reshape(B, Lq, M, L, LP // L, 2).clone(),
+                         a["attention_weights"].reshape(B, Lq, M, L, LP // L).clone()))
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    attns = [(n, m) for n, m in model.named_modules() if hasattr(m, "ms_deformable_attn_core")]
+    for name, m in attns:
+        monkeypatch.setattr(m, "ms_deformable_attn_core", recorder(m.ms_deformable_attn_core, iter([f".{name}"] * 99)))
+    if not attns:
+        layers = iter(f".model.decoder.layers.{i}.encoder_attn" for i in range(10**6))
+        monkeypatch.setattr(v2, "multi_scale_deformable_attention_v2", recorder(v2.multi_scale_deformable_attention_v2, layers))
     return seen, []
 
 
 @pytest.mark.parametrize("mt", list(MODELS))
 def test_capture_holds_what_the_module_received(detectors, mt, monkeypatch):
     det = detectors[mt]
-    seen, handles = record_v2_inputs(monkeypatch) if mt == "rt_detr_v2" else record_kernel_inputs(det.hf)
+    seen, handles = record_v2_inputs(det.hf, monkeypatch) if mt in V2 else record_kernel_inputs(det.hf)
     try:
         with ddetr.capture(det, dtype=torch.float32) as session:
             det.predict(images(), text=text_for(mt))
@@ -111,7 +124,7 @@ def test_capture_holds_what_the_module_received(detectors, mt, monkeypatch):
             assert s["locations"].dtype == np.float32
             assert np.array_equal(s["locations"], loc[b].numpy()), (name, b)  # bit-equal
             assert np.array_equal(s["weights"], w[b].numpy()), (name, b)
-            if mt != "rt_detr_v2":  # stored as factors: these families use the official formula
+            if mt not in V2:  # stored as factors: these families use the official formula
                 assert s["references"] is not None
     c = session.captures[0]
     assert c.decoder_layers == sorted({int(n.split(".layers.")[1].split(".")[0]) for n, *_ in seen if ".decoder." in n})
@@ -157,7 +170,7 @@ def test_frames_put_the_models_references_where_its_boxes_say(detectors, mt):
         for h in handles:
             h.remove()
     init = outs[0].init_reference_points  # (B, Q, 2 | 4) in [0, 1] of the image the boxes live in
-    if mt in ("rt_detr", "rt_detr_v2"):  # RT-DETR returns it as a logit (reference_points_unact)
+    if mt in ("rt_detr", *V2):  # RT-DETR and its descendants return it as a logit (reference_points_unact)
         init = init.sigmoid()
     if init.shape[1] != refs[0].shape[1]:
         # OmDet-Turbo returns its encoder's anchors here. It uses no pixel mask and scales
@@ -222,8 +235,8 @@ def test_accelerate_leaves_outputs_equal(detectors, mt):
     with torch.no_grad():
         before = det.hf(**batch.inputs)
         kernels = sum(type(m).__name__ == "MultiScaleDeformableAttention" for m in det.hf.modules())
-        try:  # (RT-DETRv2 samples in a function, not the module: nothing to swap)
-            assert ddetr.accelerate(det) == kernels and (kernels > 0) == (mt != "rt_detr_v2")
+        try:  # (the v2 attention samples in a function, not the module: nothing to swap)
+            assert ddetr.accelerate(det) == kernels and (kernels > 0) == (mt not in V2)
             assert ddetr.accelerate(det) == 0  # already swapped
             assert sum(isinstance(m, AcceleratedMultiScaleDeformableAttention) for m in det.hf.modules()) == kernels
             after = det.hf(**batch.inputs)
@@ -284,11 +297,25 @@ def test_deformable_detr_folder_that_converts_loads_into_our_model(detectors, tm
 
 
 def test_unsupported_variant_says_why(tmp_path):
-    (tmp_path / "config.json").write_text('{"model_type": "d_fine"}')
-    with pytest.raises(ValueError, match="d_fine is not supported"):
+    (tmp_path / "config.json").write_text('{"model_type": "mask2former"}')
+    with pytest.raises(ValueError, match="mask2former is not supported: .*masks"):
         ddetr.load(tmp_path)
 
 
+def test_per_level_point_counts_are_refused_with_the_reason():
+    """D-FINE may sample a different number of points per level: no (M, L, P) layout."""
+    cfg = tiny_config("d_fine")
+    cfg.decoder_n_points = [2, 4, 2]
+    torch.manual_seed(0)
+    det = FamilyDetector(transformers.DFineForObjectDetection(cfg).eval(), FAMILIES["d_fine"], image_processor("d_fine", 96))
+    with ddetr.capture(det) as session:
+        dets = det.predict(images()[:1])[0]
+    c = session.last
+    assert c.decoder_layers == [] and any("per-level point counts [2, 4, 2]" in s for s in c.left_out)
+    assert np.array_equal(c.detections.query_index, dets.query_index)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers (~10-20 s here)
 def test_hub_id_loads_from_the_local_cache_offline(detectors, tmp_path):
     """``ddetr.load("org/name")`` is ``from_pretrained`` with the hub id: with HF_HUB_OFFLINE=1
     it reads the hub cache (laid out here by hand, as huggingface_hub writes it)."""

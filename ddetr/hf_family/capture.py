@@ -116,6 +116,9 @@ class FamilyCaptureSession:
                     if not uniform_points(module):
                         self._refused.append(f"{part} layer {i}: per-level point counts {points_per_level(module)} "
                                              "do not fit the (M, L, P) layout of a capture")
+                        # still read the level shapes, for the geometry of what is stored
+                        reg(module.register_forward_pre_hook(partial(self._on_attention, part, i, sig),
+                                                             with_kwargs=True))
                         continue
                     reg(module.register_forward_pre_hook(partial(self._on_attention, part, i, sig), with_kwargs=True))
                     reg(module.sampling_offsets.register_forward_hook(partial(self._on_offsets, part, i)))
@@ -167,6 +170,8 @@ class FamilyCaptureSession:
             a = sig.bind(*args, **kwargs).arguments
             self._pass["factors"][(part, i)] = {"references": a.get("reference_points"),
                                                 "shapes": a.get("spatial_shapes")}
+            if self._pass["shapes"] is None:
+                self._pass["shapes"] = a.get("spatial_shapes")
 
     def _on_v2(self, part, i, module, args, kwargs, output):
         if not self._mine() or self._pass is None:
@@ -285,8 +290,12 @@ class FamilyCaptureSession:
         vr = valid_ratios(None if pm is None else pm.detach().cpu(), shapes)
         padded = tuple(p["pixel_values"].shape[-2:])
         strides = [max(1, round(padded[1] / int(w))) for _h, w in shapes.tolist()]
-        sample = next(iter(p["dec"].values() or p["enc"].values()))["weights"]  # (B, N, M, L, P)
-        Q, (M, L, P) = final_logits.shape[1], tuple(sample.shape[-3:])
+        stored = list(p["dec"].values()) + list(p["enc"].values())
+        Q = final_logits.shape[1]
+        if stored:
+            M, L, P = stored[0]["weights"].shape[-3:]  # (B, N, M, L, P)
+        else:  # every layer refused (see left_out): no point layout to report
+            M, L, P = int(getattr(hf.config, "decoder_attention_heads", 0)), int(shapes.shape[0]), 0
         captures = []
         for b in range(len(sizes)):
             if self.queries is None:

@@ -29,13 +29,15 @@ def tiny_config(model_type: str, *, vocab_size: int = 64, num_labels: int = 3):
             encoder_in_channels=[32, 64, 128], encoder_hidden_dim=32, encoder_ffn_dim=32, d_model=32,
             decoder_in_channels=[32, 32, 32], decoder_ffn_dim=32, decoder_layers=2, decoder_attention_heads=2,
             encoder_attention_heads=2, num_queries=10, num_labels=num_labels, num_denoising=0)
-    if model_type == "rt_detr_v2":
-        return T.RTDetrV2Config(
+    if model_type in ("rt_detr_v2", "d_fine", "deimv2"):  # RT-DETR's tiny layout (D-FINE / DEIMv2: R50-style backbone)
+        cls = {"rt_detr_v2": T.RTDetrV2Config, "d_fine": T.DFineConfig, "deimv2": T.Deimv2Config}[model_type]
+        extra = {} if model_type == "rt_detr_v2" else {"lqe_hidden_dim": 8}
+        return cls(
             backbone_config=dict(model_type="rt_detr_resnet", embedding_size=8, hidden_sizes=[16, 32, 64, 128],
                                  depths=[1, 1, 1, 1], layer_type="bottleneck", out_features=["stage2", "stage3", "stage4"]),
             encoder_in_channels=[32, 64, 128], encoder_hidden_dim=32, encoder_ffn_dim=32, d_model=32,
             decoder_in_channels=[32, 32, 32], decoder_ffn_dim=32, decoder_layers=2, decoder_attention_heads=2,
-            encoder_attention_heads=2, num_queries=10, num_labels=num_labels, num_denoising=0)
+            encoder_attention_heads=2, num_queries=10, num_labels=num_labels, num_denoising=0, **extra)
     if model_type == "grounding-dino":
         return T.GroundingDinoConfig(
             backbone_config=_SWIN_TINY, text_config=dict(_BERT_TINY, vocab_size=vocab_size), d_model=32,
@@ -101,7 +103,7 @@ def image_processor(model_type: str, size: int | tuple[int, int] = 96):
         return T.RfDetrImageProcessor(size={"height": size, "width": size})
     if model_type == "omdet-turbo":  # as OmDet-Turbo's own processor: a fixed square, no padding
         return T.DetrImageProcessor(size={"height": size, "width": size}, do_pad=False)
-    if model_type in ("rt_detr", "rt_detr_v2"):
+    if model_type in ("rt_detr", "rt_detr_v2", "d_fine", "deimv2"):
         return T.RTDetrImageProcessor(size={"height": size, "width": size})
     raise ValueError(f"no image processor for {model_type!r}")
 

@@ -122,6 +122,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("mm-grounding-dino", "MM Grounding DINO", True, _grounding_dino, text="phrases", top_k=300),
     Family("rt_detr", "RT-DETR", False, _intermediates, top_k=300),
     Family("rt_detr_v2", "RT-DETRv2", False, _intermediates, top_k=300),
+    Family("d_fine", "D-FINE", False, _intermediates, top_k=300),
+    Family("deimv2", "DEIMv2", False, _intermediates, top_k=300),
     Family("pp_doclayout_v2", "PP-DocLayout-V2", False, _intermediates, top_k=300),
     Family("pp_doclayout_v3", "PP-DocLayout-V3", False, _intermediates, top_k=300),
     Family("pp_doclayout_v4", "PP-DocLayout-V4", False, _intermediates, top_k=300),
@@ -130,17 +132,13 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("omdet-turbo", "OmDet-Turbo", False, _final_only, text="classes", top_k=300),
 )}
 
-# Close variants a capture does not serve, and why. (RT-DETRv2's v2 attention is captured:
-# ``variants``.)
+# Close variants a capture does not serve, and why. (The v2 attention of RT-DETRv2, D-FINE and
+# DEIMv2 is captured: ``variants``.)
 NOT_SUPPORTED = {
-    "d_fine": "deformable attention with per-level point counts and grid_sample on value maps it reshapes "
-              "itself (DFineMultiscaleDeformableAttention); sampling locations are (B, Lq, M, sum P, 2), "
-              "not (B, Lq, M, L, P, 2)",
-    "deimv2": "built on D-FINE's decoder: the same per-level point layout, no shared module",
-    "mask2former": "the pixel decoder runs its own grid_sample function (no module to hook); its "
-                   "encoder is deformable but the decoder is masked attention, so there are no "
-                   "query sampling points and no boxes",
-    "oneformer": "the same pixel decoder as Mask2Former (no module to hook, no box decoder)",
+    "mask2former": "only its pixel decoder is deformable (an encoder, sampling in a function that could be "
+                   "read like the v2 attention); the model predicts masks with masked attention, so there "
+                   "are no decoder sampling points, boxes or detections for a capture and predict to hold",
+    "oneformer": "the same pixel decoder as Mask2Former and the same mask (not box) decoder",
 }
 
 
