@@ -30,6 +30,9 @@ MODELS = {
     "rt_detr_v2": ("RTDetrV2ForObjectDetection", 96),
     "d_fine": ("DFineForObjectDetection", 96),
     "deimv2": ("Deimv2ForObjectDetection", 96),
+    "pp_doclayout_v2": ("PPDocLayoutV2ForObjectDetection", 96),
+    "pp_doclayout_v3": ("PPDocLayoutV3ForObjectDetection", 96),
+    "pp_doclayout_v4": ("PPDocLayoutV4ForObjectDetection", 96),
     "grounding-dino": ("GroundingDinoForObjectDetection", 128),
     "lw_detr": ("LwDetrForObjectDetection", 64),
     "mm-grounding-dino": ("MMGroundingDinoForObjectDetection", 128),
@@ -170,7 +173,7 @@ def test_frames_put_the_models_references_where_its_boxes_say(detectors, mt):
         for h in handles:
             h.remove()
     init = outs[0].init_reference_points  # (B, Q, 2 | 4) in [0, 1] of the image the boxes live in
-    if mt in ("rt_detr", *V2):  # RT-DETR and its descendants return it as a logit (reference_points_unact)
+    if mt in ("rt_detr", *V2) or mt.startswith("pp_doclayout"):  # RT-DETR and its descendants return a logit
         init = init.sigmoid()
     if init.shape[1] != refs[0].shape[1]:
         # OmDet-Turbo returns its encoder's anchors here. It uses no pixel mask and scales

@@ -38,6 +38,18 @@ def tiny_config(model_type: str, *, vocab_size: int = 64, num_labels: int = 3):
             encoder_in_channels=[32, 64, 128], encoder_hidden_dim=32, encoder_ffn_dim=32, d_model=32,
             decoder_in_channels=[32, 32, 32], decoder_ffn_dim=32, decoder_layers=2, decoder_attention_heads=2,
             encoder_attention_heads=2, num_queries=10, num_labels=num_labels, num_denoising=0, **extra)
+    if model_type.startswith("pp_doclayout_v"):  # RT-DETR's tiny layout; V3 also feeds the stride-4 map to its mask head
+        v = model_type[-2:]
+        cls = {"v2": T.PPDocLayoutV2Config, "v3": T.PPDocLayoutV3Config, "v4": T.PPDocLayoutV4Config}[v]
+        stages = ["stage1", "stage2", "stage3", "stage4"] if v == "v3" else ["stage2", "stage3", "stage4"]
+        extra = {"v2": dict(class_thresholds=[0.5] * num_labels, class_order=list(range(num_labels))),
+                 "v3": dict(x4_feat_dim=16, mask_feature_channels=[16, 16], num_prototypes=8), "v4": {}}[v]
+        return cls(
+            backbone_config=dict(model_type="rt_detr_resnet", embedding_size=8, hidden_sizes=[16, 32, 64, 128],
+                                 depths=[1, 1, 1, 1], layer_type="bottleneck", out_features=stages),
+            encoder_in_channels=[32, 64, 128], encoder_hidden_dim=32, encoder_ffn_dim=32, d_model=32,
+            decoder_in_channels=[32, 32, 32], decoder_ffn_dim=32, decoder_layers=2, decoder_attention_heads=2,
+            encoder_attention_heads=2, num_queries=10, num_labels=num_labels, num_denoising=0, **extra)
     if model_type == "grounding-dino":
         return T.GroundingDinoConfig(
             backbone_config=_SWIN_TINY, text_config=dict(_BERT_TINY, vocab_size=vocab_size), d_model=32,
@@ -105,6 +117,10 @@ def image_processor(model_type: str, size: int | tuple[int, int] = 96):
         return T.DetrImageProcessor(size={"height": size, "width": size}, do_pad=False)
     if model_type in ("rt_detr", "rt_detr_v2", "d_fine", "deimv2"):
         return T.RTDetrImageProcessor(size={"height": size, "width": size})
+    if model_type.startswith("pp_doclayout_v"):
+        v = model_type[-2:]
+        cls = {"v2": T.PPDocLayoutV2ImageProcessor, "v3": T.PPDocLayoutV3ImageProcessor, "v4": T.PPDocLayoutV4ImageProcessor}[v]
+        return cls(size={"height": size, "width": size})
     raise ValueError(f"no image processor for {model_type!r}")
 
 

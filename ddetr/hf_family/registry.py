@@ -33,8 +33,20 @@ class LayerOutputs:
     references: list[torch.Tensor | None]
 
 
+def as_box(t: torch.Tensor | None) -> torch.Tensor | None:
+    """(..., 4) boxes cxcywh as they are; PP-DocLayout-V4's (..., 10) quads ``[cx, cy, dx1, dy1, ...,
+    dx4, dy4]`` (offsets shifted by +0.5) -> the cxcywh box enclosing the four corners."""
+    if t is None or t.shape[-1] != 10:
+        return t
+    x = t[..., :1] + t[..., 2::2] - 0.5  # (..., 4) corner x
+    y = t[..., 1:2] + t[..., 3::2] - 0.5
+    x0, x1, y0, y1 = x.amin(-1), x.amax(-1), y.amin(-1), y.amax(-1)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
+
+
 def _refs(out, D: int) -> list[torch.Tensor | None]:
     init, inter = getattr(out, "init_reference_points", None), getattr(out, "intermediate_reference_points", None)
+    init, inter = as_box(init), as_box(inter)
     if init is None or inter is None or inter.dim() != 4 or inter.shape[1] < D - 1:
         return [None] * D
     return [init if i == 0 else inter[:, i - 1] for i in range(D)]
@@ -79,7 +91,7 @@ def _intermediates(model, out, D: int, text) -> LayerOutputs:
     refs = _refs(out, D)
     if refs[0] is not None:  # RT-DETR returns its initial reference as a logit (reference_points_unact)
         refs[0] = refs[0].sigmoid()
-    return LayerOutputs([inter_logits[:, i] for i in range(D)], [inter_boxes[:, i] for i in range(D)], refs)
+    return LayerOutputs([inter_logits[:, i] for i in range(D)], [as_box(inter_boxes[:, i]) for i in range(D)], refs)
 
 
 def _final_only(model, out, D: int, text) -> LayerOutputs:
@@ -91,9 +103,9 @@ def _final_only(model, out, D: int, text) -> LayerOutputs:
 def final_prediction(out) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (B, Q, K), boxes (B, Q, 4) cxcywh in [0, 1]) of the last decoder layer. OmDet-Turbo
     names them decoder_class_logits / decoder_coord_logits (the latter already sigmoid-ed: its
-    processor scales them to pixels as they are)."""
+    processor scales them to pixels as they are); PP-DocLayout-V4's quads become enclosing boxes."""
     if getattr(out, "pred_boxes", None) is not None:
-        return out.logits, out.pred_boxes
+        return out.logits, as_box(out.pred_boxes)
     return out.decoder_class_logits, out.decoder_coord_logits
 
 
