@@ -130,6 +130,10 @@ def test_capture_holds_what_the_module_received(detectors, mt, monkeypatch):
             if mt not in V2:  # stored as factors: these families use the official formula
                 assert s["references"] is not None
     c = session.captures[0]
+    cfg = det.cfg  # the facts views read, as for our model's DDETRConfig
+    assert (cfg.n_heads, cfg.n_levels, cfg.n_points) == (c.meta["n_heads"], c.meta["n_levels"], c.meta["n_points"])
+    assert (cfg.enc_layers, cfg.dec_layers) == (c.meta["enc_layers"], c.meta["dec_layers"])
+    assert list(cfg.class_names) == c.class_names
     assert c.decoder_layers == sorted({int(n.split(".layers.")[1].split(".")[0]) for n, *_ in seen if ".decoder." in n})
     if det.has_encoder:
         assert c.encoder_layers and c.encoder_points(c.encoder_layers[0], 30.0, 20.0)["image_px"].shape[-1] == 2

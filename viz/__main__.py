@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         capture.save(out / "capture.npz")
         name = Path(args.image).name
-        if args.gradients > 0 and not hasattr(model, "cfg"):  # a transformers detector (ddetr.hf_family)
+        if args.gradients > 0 and getattr(model, "family", None) is not None:  # a transformers detector (ddetr.hf_family)
             if not args.quiet:
                 print("note: gradient maps (Figure 5) are drawn for Deformable DETR checkpoints only", file=sys.stderr)
         elif args.gradients > 0:

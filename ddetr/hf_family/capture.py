@@ -67,7 +67,13 @@ def valid_ratios(pixel_mask: torch.Tensor | None, spatial_shapes: torch.Tensor) 
 
 class FamilyCaptureSession:
     """``ddetr.capture`` for a ``FamilyDetector`` (or a raw ``transformers`` model of a
-    supported family); ``captures`` collects one ``Capture`` per image."""
+    supported family); ``captures`` collects one ``Capture`` per image.
+
+    Arguments as ``ddetr.capture``. ``max_bytes`` bounds the batch's encoder sampling (layers
+    past it are listed in ``left_out``); the decoder is always kept (a few MB). Decoder
+    self-attention is not recorded for these models. Called on a raw model (not through
+    ``FamilyDetector.predict``), the "original" image is the model input rescaled to [0, 1].
+    """
 
     def __init__(self, model, *, encoder=True, decoder=True, queries=None, self_attention=True,
                  dtype=torch.float16, max_bytes=100e6):

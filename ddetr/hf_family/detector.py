@@ -30,6 +30,40 @@ class Prompt:
 
 
 @dataclass
+class FamilyConfig:
+    """The facts of ``DDETRConfig`` that views and checks read, for a transformers model: heads,
+    levels and points of its deformable attention, how many encoder / decoder layers hold one
+    (0 encoder layers: no deformable encoder), the family, the class names (for text-prompted
+    families: those of the last prompt)."""
+
+    variant: str
+    n_heads: int
+    n_levels: int
+    n_points: int
+    enc_layers: int
+    dec_layers: int
+    class_names: tuple[str, ...]
+    num_queries: int
+    d_model: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _attention_facts(hf: nn.Module, parts) -> tuple[int, int, int]:
+    """(heads, levels, points per level) of the first deformable attention."""
+    modules = dict(hf.named_modules())
+    for part in ("decoder", "encoder"):
+        for _i, name, m in parts[part]:
+            owner = m if hasattr(m, "sampling_offsets") else modules.get(name.rsplit(".", 1)[0], m)
+            points = getattr(owner, "n_points", 0)
+            points = max(points) if isinstance(points, (list, tuple)) else points
+            return int(getattr(owner, "n_heads", 0)), int(getattr(owner, "n_levels", 0)), int(points)
+    return 0, 0, 0
+
+
+@dataclass
 class FamilyBatch:
     """What ``prepare`` made of the images: the model inputs and what a capture needs to map
     back to the originals."""
@@ -96,6 +130,11 @@ class FamilyDetector(nn.Module):
                              "with its tokenizer files or pass tokenizer=")
         parts = kernel_modules(hf)
         self.has_encoder = bool(parts["encoder"])
+        M, L, P = _attention_facts(hf, parts)
+        c = hf.config
+        self.cfg = FamilyConfig(family.model_type, M, L, P, len(parts["encoder"]), len(parts["decoder"]),
+                                tuple(self._class_names), int(getattr(c, "num_queries", 0) or 0),
+                                int(getattr(c, "d_model", 0) or 0))
         self.train(hf.training)  # a new nn.Module is in training mode; keep the model's own mode
 
     # --- facts the explorer and captures read ---
@@ -154,6 +193,7 @@ class FamilyDetector(nn.Module):
         prompt = Prompt(self.class_names)
         if self.needs_text:
             prompt, text_inputs = self.prompt(text)
+            self.cfg.class_names = tuple(prompt.names)
             B = len(images)
             for k, v in text_inputs.items():
                 if k == "classes_structure":

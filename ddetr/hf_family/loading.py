@@ -96,9 +96,12 @@ def load_family(source, *, device="cpu", class_names=None, text=None, note: str 
     fam = family_of(mt)
     if fam is None:
         raise CheckpointError(f"{src}: model_type={mt!r} is not a supported family")
-    unknown = [k for k in ignored if k not in ("strict", "variant", "num_classes")]
-    if unknown:
-        raise CheckpointError(f"{src}: load() got {unknown}, which a {fam.title} checkpoint does not take")
+    variant, num_classes = ignored.pop("variant", None), ignored.pop("num_classes", None)
+    ignored.pop("strict", None)  # transformers loads strictly here: missing tensors are refused below
+    if ignored:
+        raise CheckpointError(f"{src}: load() got {sorted(ignored)}, which a {fam.title} checkpoint does not take")
+    if variant is not None and variant != mt:
+        raise CheckpointError(f"{src}: variant={variant!r} was asked for, but the folder holds a {fam.title} ({mt}) model")
     archs = cfg.get("architectures") or []
     cls = next((getattr(transformers, a) for a in archs if hasattr(transformers, a)), None)
     if cls is None:
@@ -126,6 +129,8 @@ def load_family(source, *, device="cpu", class_names=None, text=None, note: str 
             raise CheckpointError(f"{src}: {fam.title} needs its tokenizer ({str(e).splitlines()[0]}); save it "
                                   "with the model (tokenizer.save_pretrained(folder))") from None
     det = FamilyDetector(hf.eval(), fam, processor, tokenizer, class_names=class_names, default_text=text, source=src)
+    if num_classes is not None and not fam.text and num_classes != len(det.class_names):
+        raise CheckpointError(f"{src}: the model has {len(det.class_names)} classes, not num_classes={num_classes}")
     label_source = ("class_names argument" if class_names is not None else
                     "the text prompt" if fam.text else "config.json id2label")
     if unexpected := list(info.get("unexpected_keys", [])):
