@@ -274,93 +274,108 @@ class FamilyCaptureSession:
         return sizes, sizes, originals, Prompt(names)
 
     def _build(self, p, out, kwargs) -> list[Capture]:
+        """One Capture per image of the pass ``p`` recorded, ``out`` being the model's output."""
         hf, fam = self.hf, self.family
         sizes, orig_sizes, originals, prompt = self._images(p)
-        if self.detector is not None:
-            cls_logits = lambda t: self.detector.class_logits(t, prompt)  # noqa: E731
-        else:
-            cls_logits = lambda t: t  # noqa: E731
         final_logits, final_boxes = final_prediction(out)
         if not prompt.names:
-            K = final_logits.shape[-1]
-            prompt = Prompt([f"class {k}" for k in range(K)], prompt.token_map)
-        n_dec = len(self.modules["decoder"])
-        text = {"attention_mask": kwargs.get("attention_mask", p.get("attention_mask"))}
-        if text["attention_mask"] is None and "input_ids" in kwargs:
-            text["attention_mask"] = torch.ones_like(kwargs["input_ids"])
-        lo = fam.layer_outputs(hf, out, n_dec, text)
+            prompt = Prompt([f"class {k}" for k in range(final_logits.shape[-1])], prompt.token_map)
+        if self.detector is not None:
+            cls_logits = partial(self.detector.class_logits, prompt=prompt)  # (B, Q, T) -> (B, Q, K)
+        else:
+            cls_logits = lambda t: t  # noqa: E731
+        mask = kwargs.get("attention_mask")
+        if mask is None and "input_ids" in kwargs:
+            mask = torch.ones_like(kwargs["input_ids"])
+        lo = fam.layer_outputs(hf, out, len(self.modules["decoder"]), {"attention_mask": mask})
+        layers = [(None if lg is None else cls_logits(lg), bx, rf) for lg, bx, rf in zip(lo.logits, lo.boxes, lo.references)]
         logits = cls_logits(final_logits).float()
         dets = postprocess(logits, final_boxes.float(), orig_sizes, prompt.names, fam.top_k)
         shapes = p["shapes"].detach().cpu()
-        pm = p["pixel_mask"] if fam.uses_pixel_mask else None
-        vr = valid_ratios(None if pm is None else pm.detach().cpu(), shapes)
+        pm = p["pixel_mask"].detach().cpu() if fam.uses_pixel_mask and p["pixel_mask"] is not None else None
+        vr = valid_ratios(pm, shapes)  # (B | 1, L, 2)
         padded = tuple(p["pixel_values"].shape[-2:])
         strides = [max(1, round(padded[1] / int(w))) for _h, w in shapes.tolist()]
         stored = list(p["dec"].values()) + list(p["enc"].values())
-        Q = final_logits.shape[1]
         if stored:
             M, L, P = stored[0]["weights"].shape[-3:]  # (B, N, M, L, P)
         else:  # every layer refused (see left_out): no point layout to report
             M, L, P = int(getattr(hf.config, "decoder_attention_heads", 0)), int(shapes.shape[0]), 0
+        Q, K = logits.shape[1:]
+        left_out = self._left_out(p, lo)
+        cfg = hf.config
         captures = []
         for b in range(len(sizes)):
-            if self.queries is None:
-                qsel = np.arange(Q)
-            elif self.queries == "detections":
-                qsel = np.unique(dets[b].query_index.numpy())
-            else:
-                bad = [q for q in self.queries if not 0 <= q < Q]
-                if bad:
-                    raise ValueError(f"capture(queries=...) asks for queries {bad}; the model has queries 0..{Q - 1}")
-                qsel = np.asarray(self.queries, dtype=np.int64)
-            arrays: dict[str, np.ndarray] = {}
-            Lv = int(shapes.prod(1).sum())
-            arrays["padding_mask"] = np.zeros(Lv, dtype=bool) if pm is None else _token_padding(pm[b], shapes)
-            for i, rec in p["enc"].items():
-                for k, v in rec.items():
-                    arrays[f"enc/{i}/{k}"] = v[b].cpu().numpy().copy()
-            qs = torch.as_tensor(qsel)
-            for i, rec in p["dec"].items():
-                for k, v in rec.items():
-                    arrays[f"dec/{i}/{k}"] = v[b].index_select(0, qs.to(v.device)).cpu().numpy()
-            if p["dec"]:
-                arrays["dec/query_index"] = qsel.astype(np.int64)
-            K = logits.shape[-1]
-            for i in range(n_dec):
-                lg, bx, rf = lo.logits[i], lo.boxes[i], lo.references[i]
-                lg = torch.full((Q, K), float("nan")) if lg is None else cls_logits(lg)[b]
-                arrays[f"layer/{i}/logits"] = lg.float().cpu().numpy()
-                arrays[f"layer/{i}/boxes"] = (torch.full((Q, 4), float("nan")) if bx is None else bx[b]).float().cpu().numpy()
-                arrays[f"layer/{i}/reference"] = (torch.full((Q, 2), float("nan")) if rf is None else rf[b]).float().cpu().numpy()
-            d = dets[b]
-            arrays.update({"det/boxes": d.boxes.numpy(), "det/scores": d.scores.numpy(), "det/labels": d.labels.numpy(),
-                           "det/query_index": d.query_index.numpy()})
-            geometry = Geometry(shapes.numpy(), vr[min(b, vr.shape[0] - 1)].numpy(), sizes[b], padded, orig_sizes[b], strides)
-            left_out = list(p["left_out"]) + list(self._refused)
-            if not self.modules["encoder"]:
-                left_out.append(f"encoder sampling: {fam.title} has no deformable encoder")
-            if any(x is None for x in lo.logits + lo.boxes + lo.references):
-                left_out.append(f"per-layer boxes, scores or references of intermediate decoder layers: "
-                                f"{fam.title}'s output holds only the last layer's (NaN in the capture)")
-            if self.note_self_attention:
-                left_out.append(self.note_self_attention)
+            qsel = self._query_selection(Q, dets[b])
+            arrays = self._image_arrays(p, b, qsel, layers, dets[b], shapes, None if pm is None else pm[b], Q, K)
+            geometry = Geometry(shapes.numpy(), vr[min(b, vr.shape[0] - 1)].numpy(), sizes[b], padded,
+                                orig_sizes[b], strides)
+            notes = list(left_out)
             if len(qsel) < Q and p["dec"]:
-                left_out.append(f"decoder sampling of {Q - len(qsel)} of {Q} queries (queries={self.queries!r})")
-            cfg = hf.config
+                notes.append(f"decoder sampling of {Q - len(qsel)} of {Q} queries (queries={self.queries!r})")
             meta = {
                 "variant": fam.model_type, "family": fam.model_type, "class_names": list(prompt.names),
                 "num_classes": int(K), "n_heads": int(M), "n_levels": int(L), "n_points": int(P),
-                "num_queries": int(Q), "enc_layers": len(self.modules["encoder"]), "dec_layers": n_dec,
+                "num_queries": int(Q), "enc_layers": len(self.modules["encoder"]), "dec_layers": len(layers),
                 "d_model": int(getattr(cfg, "d_model", 0) or 0), "two_stage": bool(getattr(cfg, "two_stage", False)),
                 "with_box_refine": bool(getattr(cfg, "with_box_refine", True)), "top_k": fam.top_k,
                 "geometry": geometry.to_dict(), "dtype": _DTYPES[self.dtype],
                 "encoder_layers": sorted(p["enc"]), "decoder_layers": sorted(p["dec"]), "self_attention_layers": [],
                 "queries": "all" if self.queries is None else self.queries if isinstance(self.queries, str) else "list",
-                "max_bytes": self.max_bytes, "left_out": left_out, "call": self._calls, "image_index": b,
+                "max_bytes": self.max_bytes, "left_out": notes, "call": self._calls, "image_index": b,
             }
             image = (originals[b].detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
             captures.append(Capture(meta, arrays, image.permute(1, 2, 0).numpy()))
         return captures
+
+    def _query_selection(self, Q: int, dets) -> np.ndarray:
+        """The decoder queries whose sampling one image keeps (sorted indices)."""
+        if self.queries is None:
+            return np.arange(Q)
+        if self.queries == "detections":
+            return np.unique(dets.query_index.numpy())
+        bad = [q for q in self.queries if not 0 <= q < Q]
+        if bad:
+            raise ValueError(f"capture(queries=...) asks for queries {bad}; the model has queries 0..{Q - 1}")
+        return np.asarray(self.queries, dtype=np.int64)
+
+    @staticmethod
+    def _image_arrays(p, b: int, qsel: np.ndarray, layers, dets, shapes, mask, Q: int, K: int) -> dict[str, np.ndarray]:
+        """Image ``b``'s arrays in the Capture layout (see ``Capture``); NaN where the model's
+        output does not tell (per-layer predictions of some families)."""
+        nan = lambda *shape: torch.full(shape, float("nan"))  # noqa: E731
+        Lv = int(shapes.prod(1).sum())
+        arrays = {"padding_mask": np.zeros(Lv, dtype=bool) if mask is None else _token_padding(mask, shapes)}
+        for i, rec in p["enc"].items():
+            for k, v in rec.items():
+                arrays[f"enc/{i}/{k}"] = v[b].cpu().numpy().copy()
+        qs = torch.as_tensor(qsel)
+        for i, rec in p["dec"].items():
+            for k, v in rec.items():
+                arrays[f"dec/{i}/{k}"] = v[b].index_select(0, qs.to(v.device)).cpu().numpy()
+        if p["dec"]:
+            arrays["dec/query_index"] = qsel.astype(np.int64)
+        for i, (lg, bx, rf) in enumerate(layers):
+            arrays[f"layer/{i}/logits"] = (nan(Q, K) if lg is None else lg[b]).float().cpu().numpy()
+            arrays[f"layer/{i}/boxes"] = (nan(Q, 4) if bx is None else bx[b]).float().cpu().numpy()
+            arrays[f"layer/{i}/reference"] = (nan(Q, 2) if rf is None else rf[b]).float().cpu().numpy()
+        arrays.update({"det/boxes": dets.boxes.numpy(), "det/scores": dets.scores.numpy(),
+                       "det/labels": dets.labels.numpy(), "det/query_index": dets.query_index.numpy()})
+        return arrays
+
+    def _left_out(self, p, lo) -> list[str]:
+        fam, cfg = self.family, self.hf.config
+        out = list(p["left_out"]) + list(self._refused)
+        if not self.modules["encoder"]:
+            out.append(f"encoder sampling: {fam.title} has no deformable encoder")
+        if any(x is None for x in lo.logits + lo.boxes + lo.references):
+            out.append(f"per-layer boxes, scores or references of intermediate decoder layers: "
+                       f"{fam.title}'s output holds only the last layer's (NaN in the capture)")
+        if getattr(cfg, "two_stage", False):
+            out.append("two-stage proposals: not recorded for transformers models")
+        if self.note_self_attention:
+            out.append(self.note_self_attention)
+        return out
 
 
 def _token_padding(mask: torch.Tensor, shapes: torch.Tensor) -> np.ndarray:
