@@ -79,8 +79,13 @@ def family_model_type(source) -> str | None:
 def load_family(source, *, device="cpu", class_names=None, text=None, note: str | None = None, **ignored):
     """(FamilyDetector in eval mode, FamilyLoadReport) for a folder or hub id of a supported
     family. ``text``: a default prompt for open-vocabulary models."""
-    import transformers
     from ..checkpoint import CheckpointError
+
+    try:
+        import transformers
+    except ImportError:
+        raise CheckpointError(f"{source}: a transformers checkpoint needs the transformers package "
+                              "(pip install 'transformers>=5' timm)") from None
 
     src = str(source)
     path = Path(src).expanduser()
