@@ -228,6 +228,13 @@ def test_predict_query_index_matches_raw_logits(detectors, mt):
     assert len(thresholded) >= 3 and (thresholded.scores >= dets[0].scores[2]).all()
 
 
+def test_prompt_forms_give_the_same_classes(detectors):
+    det = detectors["grounding-dino"]
+    forms = ["cat. remote control.", "Cat, remote control", ["cat", " remote control "]]
+    names = [det.prepare(images()[:1], text=f).prompt.names for f in forms]
+    assert names == [["cat", "remote control"]] * 3
+
+
 def test_text_errors_name_the_fix(detectors):
     with pytest.raises(ValueError, match="text prompt"):
         detectors["grounding-dino"].predict(images()[:1])

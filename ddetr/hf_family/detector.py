@@ -75,8 +75,13 @@ class FamilyBatch:
 
 
 def phrases_of(text) -> list[str]:
-    """"cat. remote control." or ["cat", "remote control"] -> ["cat", "remote control"]."""
-    parts = text.split(".") if isinstance(text, str) else [str(t) for t in text]
+    """"cat. remote control.", "cat, remote control" or ["cat", "remote control"] ->
+    ["cat", "remote control"] (Grounding DINO's prompts end phrases with ".", OmDet-Turbo's
+    processor splits on ",")."""
+    if isinstance(text, str):
+        parts = text.split(".") if "." in text else text.split(",")
+    else:
+        parts = [str(t) for t in text]
     out = [p.strip().lower() for p in parts if p.strip()]
     if not out:
         raise ValueError(f"text={text!r} names no class; give e.g. 'cat. dog.' or ['cat', 'dog']")
