@@ -351,3 +351,32 @@ def test_hub_id_loads_from_the_local_cache_offline(detectors, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[:2] == ["FamilyDetector", "tiny-org/tiny-rtdetr"]
+
+
+def test_capture_of_a_raw_transformers_model(detectors):
+    """Without the wrapper: the model's own call is recorded; the input stands for the image."""
+    det = detectors["deformable_detr"]
+    batch = det.prepare(images())
+    with ddetr.capture(det.hf, dtype=torch.float32) as session:
+        with torch.no_grad():
+            det.hf(**batch.inputs)
+    assert len(session.captures) == 2
+    c = session.captures[1]
+    h, w = c.geometry.input_size
+    assert c.image.shape == (h, w, 3) and c.geometry.orig_size == (h, w)
+    assert c.class_names == det.class_names and c.encoder_layers == [0, 1]
+
+
+def test_capture_records_only_the_opening_thread(detectors):
+    import threading
+
+    det = detectors["rt_detr"]
+    with ddetr.capture(det) as session:
+        t = threading.Thread(target=det.predict, args=(images()[:1],))
+        t.start()
+        t.join()
+        assert session.captures == []
+        det.predict(images()[:1])
+    assert len(session.captures) == 1
+    det.predict(images()[:1])  # closed: hooks are gone
+    assert len(session.captures) == 1

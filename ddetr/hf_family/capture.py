@@ -270,7 +270,11 @@ class FamilyCaptureSession:
         for b in range(B):
             x = pv[b, :, : sizes[b][0], : sizes[b][1]].float()
             originals.append((x - x.min()) / (x.max() - x.min()).clamp_min(1e-12))
-        names = self.detector.class_names if self.detector else []
+        if self.detector is not None:
+            names = self.detector.class_names
+        else:  # a raw model: its config's label names (none for text-prompted families: "class k")
+            id2label = getattr(self.hf.config, "id2label", None) or {}
+            names = [] if self.family.text else [id2label.get(i, f"class {i}") for i in range(len(id2label))]
         return sizes, sizes, originals, Prompt(names)
 
     def _build(self, p, out, kwargs) -> list[Capture]:
