@@ -8,6 +8,10 @@ Front door::
     with ddetr.capture(model) as session:
         dets = model.predict(image, score_threshold=0.5)
 
+transformers detectors of the same attention (RT-DETR, Grounding DINO, ...; ``ddetr.hf_family``)
+load from a save_pretrained folder or hub id with the same front door, and ``ddetr.accelerate``
+runs their deformable attention on our op.
+
 Names are imported lazily, so ``python -m ddetr.data.synthetic`` does not build the op.
 """
 from __future__ import annotations
