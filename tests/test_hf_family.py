@@ -380,3 +380,21 @@ def test_capture_records_only_the_opening_thread(detectors):
     assert len(session.captures) == 1
     det.predict(images()[:1])  # closed: hooks are gone
     assert len(session.captures) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mt", ["deformable_detr", "grounding-dino"])
+def test_accelerate_on_cuda_uses_the_cuda_kernel(detectors, mt):
+    import copy
+
+    import ops
+
+    assert ops.implementation("cuda") == "cuda-kernel"
+    det = copy.deepcopy(detectors[mt]).to("cuda")
+    batch = det.prepare(images(), text_for(mt))
+    with torch.no_grad():
+        before = final_prediction(det.hf(**batch.inputs))
+        assert ddetr.accelerate(det) > 0
+        after = final_prediction(det.hf(**batch.inputs))
+    for x, y in zip(after, before):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=0)
