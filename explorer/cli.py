@@ -65,7 +65,7 @@ def random_model(seed: int = 0, preset: str = "small") -> LoadedModel:
 
 def startup_model(args) -> LoadedModel:
     """The model named on the command line; never a silent fallback (DESIGN.md, principle 12)."""
-    from ddetr.checkpoint import load
+    from ddetr import load  # also transformers detectors (ddetr.hf_family)
 
     if args.random_weights:
         lm = random_model(args.seed)
