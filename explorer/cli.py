@@ -102,7 +102,8 @@ def launch_kwargs(args=None, **overrides) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Deformable DETR Explorer (Gradio)")
-    ap.add_argument("--checkpoint", help="checkpoint to load (official .pth, transformers folder, ours .safetensors); "
+    ap.add_argument("--checkpoint", help="checkpoint to load (official .pth, transformers folder, ours .safetensors; "
+                                         "also a transformers RT-DETR, Grounding DINO, ... folder: ddetr.hf_family); "
                                          f"default {_shown(DEFAULT_CHECKPOINT)}")
     ap.add_argument("--checkpoint-dir", help="offer the checkpoints found in this folder in a dropdown")
     ap.add_argument("--random-weights", action="store_true",
