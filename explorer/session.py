@@ -101,10 +101,19 @@ class Explorer:
             phrases_of(text or "")
         except ValueError as e:
             raise UserError(str(e)) from None
-        image = None if s.capture is None else s.capture.image
         s.prompt = text.strip()
-        if image is not None:
-            self.run_array(s, image, progress)
+        if s.capture is None:  # remembered for the next image
+            return
+        if progress:
+            progress(0.2, desc="running the model and capturing every sampling point")
+        captured = self.predict(s, s.capture.image)
+        with s.lock:  # the same image (name, example, notes kept) with the new classes
+            name, example, notes = s.image_name, s.example, s.notes
+            s.reset()
+            s.capture, s.image_name, s.example, s.notes = captured, name, example, notes
+            best = self.visible(s)
+            s.target = ("detection", best[0][0]) if best else None
+        self.store.touch(s.key)
 
     def predict(self, s: Session, image):
         """Run the session's model once on ``image`` under a capture -> the ``Capture``."""
@@ -117,19 +126,6 @@ class Explorer:
                 lm.model.predict(image, **prompt)
             lm.runs += 1
         return session.captures[0]
-
-    def run_array(self, s: Session, image, progress=None) -> None:
-        """Run the model again on the session's image (a new prompt): keeps name and example."""
-        if progress:
-            progress(0.2, desc="running the model and capturing every sampling point")
-        captured = self.predict(s, image)
-        with s.lock:
-            name, example, notes = s.image_name, s.example, s.notes
-            s.reset()
-            s.capture, s.image_name, s.example, s.notes = captured, name, example, notes
-            best = self.visible(s)
-            s.target = ("detection", best[0][0]) if best else None
-        self.store.touch(s.key)
 
     def set_model(self, s: Session, name: str, incomplete: bool = False) -> LoadedModel:
         """Switch this session to checkpoint ``name`` (loads it on first use); a failure leaves
