@@ -111,7 +111,7 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
                 _pictures_and_controls(c, cfg)
         with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as c.tabs:
             for tab in TABS.values():
-                _tab(c, tab)
+                _tab(c, tab, h)
         with gr.Row(visible=False):  # inputs of the plain API endpoints
             c.x_in, c.y_in = gr.Number(label="x"), gr.Number(label="y")
             c.text_in = gr.Textbox()
@@ -180,7 +180,7 @@ def _pictures_and_controls(c, cfg) -> None:
     c.controls = [c.layer, c.heads, c.levels, c.color_by, c.top_k, c.layout, c.enc_level]
 
 
-def _tab(c, tab) -> None:
+def _tab(c, tab, h) -> None:
     with gr.Tab(tab.title, id=tab.id):
         gr.Markdown(tab.help, elem_classes="ddetr-help")
         if tab.action is not None:
@@ -200,6 +200,9 @@ def _tab(c, tab) -> None:
                             buttons=["fullscreen"])
         elif tab.body == "file":
             body = gr.File(elem_id=f"file-{tab.id}", label="Download", interactive=False)
+        elif tab.body == "custom":
+            body = gr.Markdown("", visible=False)
+            tab.build(c, h)
         else:
             body = gr.Markdown("", elem_id=f"body-{tab.id}")
         c.tab_out[tab.id] = (note, body)
