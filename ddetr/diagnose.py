@@ -44,7 +44,7 @@ def read_images(folder, max_images: int | None = None) -> list[np.ndarray]:
     for p in paths:
         try:
             with Image.open(p) as im:
-                out.append(np.asarray(im.convert("RGB")))
+                out.append(np.array(im.convert("RGB")))
         except (UnidentifiedImageError, OSError) as e:
             raise DiagnoseError(f"{p.name}: not a readable image ({e}); remove it or pass another --images folder") from None
     return out
