@@ -278,7 +278,8 @@ def load(source, *, device="cpu", variant: str | None = None, num_classes: int |
         cfg.class_names, label_source = class_names, "class_names argument"
     if variant is not None and variant not in (cfg.variant, variant_name(cfg)):
         raise CheckpointError(f"{path}: variant={variant!r} was asked for, but the file holds a {variant_name(cfg)} model")
-    cfg.variant = variant_of(cfg)  # one name for the same architecture in every format
+    if cfg.variant == variant_name(cfg):  # named by its flags only (read off the tensors): by its architecture
+        cfg.variant = variant_of(cfg)  # e.g. "small" in every format, not "multi_scale_two_stage" in some
     model = DeformableDETR(cfg)
     dtype = stored_dtypes(sd)
     missing, unexpected = _assign(model, sd, strict, str(path), notes)

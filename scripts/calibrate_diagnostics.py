@@ -41,7 +41,7 @@ def signals(model, stats) -> dict[str, float]:
         "starved_levels decoder (min)": min(float(s["level_mass"].min()) for s in dec),
         "points_outside encoder (max)": max(float(s["wasted"].mean()) for s in enc),
         "points_outside decoder (max)": max(float(s["wasted"].mean()) for s in dec),
-        "level_embed_collapsed (min)": level_embed_spread(model) or float("nan"),
+        "level_embed_collapsed (min)": level_embed_spread(model),
         "references_saturated (max)": max(stats.saturation().values(), default=0.0),
         "class_head_silent (min)": stats.top_score_max,
     }
