@@ -15,7 +15,6 @@ healthy side and "problem" on the faulty side.
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 

@@ -110,17 +110,16 @@ def references_saturated(model, layer: int = 1, push: float = 30.0):
     layer's references saturate at 1. Needs iterative box refinement for layer >= 1
     (without it every layer reuses layer 0's references: pass layer=0)."""
     m = _copy(model)
-    t = m.transformer
     if layer == 0:
-        if m.cfg.two_stage:  # proposals: the extra head scoring encoder tokens
-            head = t.decoder.bbox_embed[t.decoder.num_layers].layers[-1]
+        if m.cfg.two_stage:  # proposals: the extra box head scoring encoder tokens
+            head = m.bbox_embed[m.cfg.dec_layers].layers[-1]
         else:
-            head = t.reference_points
+            head = m.transformer.reference_points
         head.bias[:2] += push
     else:
-        if t.decoder.bbox_embed is None:
+        if not m.cfg.with_box_refine:
             raise ValueError("references of layers >= 1 come from box refinement, which this model does not use")
-        t.decoder.bbox_embed[layer - 1].layers[-1].bias[:2] += push
+        m.bbox_embed[layer - 1].layers[-1].bias[:2] += push
     return m, Fault("references_saturated", "decoder", layer)
 
 

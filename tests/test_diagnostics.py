@@ -169,3 +169,17 @@ def test_starved_level_in_a_capture_is_located(captures):
     findings, _ = check_capture(c)
     starved = [(f.module, f.layer, f.level) for f in findings if f.check == "starved_levels" and f.severity == "problem"]
     assert starved == [("encoder", 1, 2)]
+
+
+def test_saturated_first_references_are_named_without_refinement_too(images):
+    """Without two-stage, layer 0's references come from the reference-point head."""
+    cfg = ddetr.preset("multi_scale", backbone="resnet_small", backbone_block="basic", backbone_width=16,
+                       backbone_blocks=(1, 1, 1, 1), d_model=64, enc_layers=1, dec_layers=2, dim_feedforward=128,
+                       num_queries=20, min_size=64, max_size=96)
+    torch.manual_seed(0)
+    model = ddetr.build_model(cfg).eval()
+    faulty, fault = faults.references_saturated(model, layer=0)
+    d = diagnose(faulty, measure(faulty, images[:1]))
+    assert faults.named(d, fault), str(d)
+    healthy = [f for f in diagnose(model, measure(model, images[:1])).findings if f.check == "references_saturated"]
+    assert [f.severity for f in healthy] == ["ok"]
