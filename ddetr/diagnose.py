@@ -93,7 +93,9 @@ def main(argv=None) -> int:
         print(f"ddetr-diagnose: {e}", file=sys.stderr)
         return 2
     name = os.path.basename(os.path.normpath(args.checkpoint))
-    print(f"{name}: {report.variant}, {report.num_classes} classes; {len(images)} image(s)")
+    from .checkpoint_report import class_summary
+
+    print(f"{name}: {report.variant}, {class_summary(report.config)}; {len(images)} image(s)")
     print(diag)
     try:
         if args.json:

@@ -61,7 +61,8 @@ def main(argv=None) -> int:
     for path in [str(SHIPPED), *args.healthy]:
         model = shipped if path == str(SHIPPED) else ddetr.load(path)[0]
         stats = measure(model, images)
-        rows.append(("healthy", Path(path).name, signals(model, stats), diagnose(model, stats), None))
+        label = f"{Path(path).parent.name}/{Path(path).name}"
+        rows.append(("healthy", label, signals(model, stats), diagnose(model, stats), None))
     untrained = ddetr.build_model(shipped.cfg).eval()
     stats = measure(untrained, images)
     rows.append(("untrained", "random init", signals(untrained, stats), diagnose(untrained, stats), None))
