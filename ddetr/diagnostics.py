@@ -310,8 +310,9 @@ def check_stats(stats: AttentionStats) -> list[Finding]:
                f"the class head never fires: the best detection score {over} is {top:.2g} (trained models reach "
                "0.82-0.89 on the example images, an untrained one 0.03). The class head is untrained, its bias is pushed "
                "down, or the images are far from what the model was trained on.")
+        last = max((i for p, i in stats.keys() if p == "decoder"), default=None)  # the layer that scores
         out.append(Finding("class_head_silent", sev, "decoder" if sev != "ok" else "model",
-                           None, None, None, top, msg))
+                           last if sev != "ok" else None, None, None, top, msg))
     return out
 
 

@@ -127,8 +127,9 @@ def references_saturated(model, layer: int = 1, push: float = 30.0):
 def class_head_silent(model, push: float = -20.0):
     """The last decoder layer's class bias pushed by ``push``: no class ever scores."""
     m = _copy(model)
-    m.class_embed[m.cfg.dec_layers - 1].bias += push
-    return m, Fault("class_head_silent", "decoder")
+    last = m.cfg.dec_layers - 1
+    m.class_embed[last].bias += push
+    return m, Fault("class_head_silent", "decoder", last)
 
 
 ALL = (offsets_at_init, uniform_heads, dead_heads, starved_levels, points_outside, level_embed_collapsed,

@@ -175,3 +175,34 @@ def write_report(stats: dict, path) -> Path:
     path = Path(path)
     path.write_text(render(stats))
     return path
+
+
+def read_stats(folder) -> dict:
+    """``stats.json`` of an inspection folder; ValueError naming the problem and the fix."""
+    import json
+
+    path = Path(folder) / "stats.json"
+    if not path.is_file():
+        raise ValueError(f"{folder}: no stats.json; run python -m ddetr.inspect --out {folder} first")
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e}); run the inspection again") from None
+    if not isinstance(stats, dict) or "worst_images" not in stats or "dataset" not in stats:
+        raise ValueError(f"{path}: not written by python -m ddetr.inspect (no worst_images / dataset)")
+    return stats
+
+
+def worst_image_entries(stats: dict) -> list[dict]:
+    """The worst images to drill into: {"path", "image_id", "summary", "queries"} each, where
+    ``queries`` are the decoder queries named by its errors (false positives, closest misses)."""
+    d = stats["dataset"]
+    out = []
+    for i in stats["worst_images"]:
+        queries = [f["query"] for f in i["false_positives"]]
+        queries += [m["closest_query"] for m in i["missed"] if m["closest_query"] is not None]
+        summary = (f"image {i['image_id']}: {len(i['missed'])} missed, {len(i['false_positives'])} false positive(s), "
+                   f"error {i['error']:.2f}")
+        out.append({"path": str(Path(d["root"]) / f"{d['split']}2017" / i["file_name"]), "image_id": i["image_id"],
+                    "summary": summary, "queries": list(dict.fromkeys(queries))})
+    return out

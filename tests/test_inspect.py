@@ -86,3 +86,17 @@ def test_bad_dataset_is_a_clear_error(tmp_path, capsys):
     rc = main(["--checkpoint", str(SHIPPED), "--coco-dir", str(tmp_path), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "annotation file" in err and "Traceback" not in err
+
+
+def test_worst_images_of_a_report_lead_to_their_files(tmp_path):
+    from ddetr.inspect_report import read_stats, worst_image_entries
+
+    with pytest.raises(ValueError, match="no stats.json"):
+        read_stats(tmp_path)
+    stats = {"dataset": {"root": "/data/x", "split": "val"}, "worst_images": [
+        {"image_id": 3, "file_name": "3.jpg", "error": 1.5, "false_positives": [{"query": 4, "score": 0.5}],
+         "missed": [{"closest_query": 7}, {"closest_query": 4}]}]}
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    [e] = worst_image_entries(read_stats(tmp_path))
+    assert e["path"] == "/data/x/val2017/3.jpg" and e["queries"] == [4, 7] and "1 missed" not in e["summary"]
+    assert "2 missed, 1 false positive(s)" in e["summary"]
