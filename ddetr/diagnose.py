@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(diag.to_json(args.checkpoint), indent=2))
         if args.html:
-            Path(args.html).write_text(diag.to_html(name))
+            Path(args.html).write_text(diag.to_html(name, str(report).replace(args.checkpoint, name)))
     except OSError as e:
         print(f"ddetr-diagnose: cannot write the output ({e.strerror}: {e.filename})", file=sys.stderr)
         return 2

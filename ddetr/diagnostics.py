@@ -115,8 +115,9 @@ class Diagnostics:
         lines += [f"- note: {n}" for n in self.notes]
         return "\n".join(lines)
 
-    def to_html(self, title: str) -> str:
-        """A self-contained page (no scripts, no external resources)."""
+    def to_html(self, title: str, report: str | None = None) -> str:
+        """A self-contained page (no scripts, no external resources); ``report``: the loading
+        report's text, shown under the findings."""
         colour = {"ok": "#2e7d32", "warning": "#b26a00", "problem": "#c62828"}
         rows = "".join(
             f"<tr><td style='color:{colour[f.severity]}'><b>{f.severity.upper()}</b></td><td><code>{f.check}</code></td>"
@@ -128,7 +129,8 @@ class Diagnostics:
                 "vertical-align:top}table{border-collapse:collapse}</style></head><body>"
                 f"<h1>Diagnostics: {html.escape(title)}</h1><p>Verdict: <b style='color:{colour[self.worst]}'>"
                 f"{self.worst.upper()}</b></p><table><tr><th>severity</th><th>check</th><th>where</th><th>value</th>"
-                f"<th>meaning</th></tr>{rows}</table><ul>{notes}</ul></body></html>")
+                f"<th>meaning</th></tr>{rows}</table><ul>{notes}</ul>"
+                + (f"<h2>Checkpoint</h2><pre>{html.escape(report)}</pre>" if report else "") + "</body></html>")
 
     def __str__(self) -> str:
         return self.to_markdown().replace("**", "").replace("`", "")

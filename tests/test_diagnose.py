@@ -46,6 +46,7 @@ def test_json_contract_and_html(tmp_path, two_images, capsys):
     assert "over 2 image(s)" in out.read_text()
     html = page.read_text()
     assert html.startswith("<!doctype html>") and "<script" not in html and "http" not in html
+    assert "SHA-256" in html and str(SHIPPED.parent) not in html  # the loading report, without server paths
     assert "Verdict" in capsys.readouterr().out
 
 
