@@ -52,6 +52,9 @@ def read_images(folder, max_images: int | None = None) -> list[np.ndarray]:
 
 def default_images(max_images: int | None = None) -> list[np.ndarray]:
     """The shipped examples: synthetic scenes first, then the photographs."""
+    if not (EXAMPLES / "synthetic").is_dir() or not (EXAMPLES / "photos").is_dir():
+        raise DiagnoseError(f"the example images ({EXAMPLES}/synthetic, photos) are not here; "
+                            "pass --images DIR with a few images the model is meant for")
     imgs = read_images(EXAMPLES / "synthetic") + read_images(EXAMPLES / "photos")
     return imgs[:max_images]
 
