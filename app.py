@@ -13,11 +13,8 @@ thin wrapper over a plain endpoint taking (x, y) in original-image pixels (``/cl
 """
 from __future__ import annotations
 
-import argparse
-import functools
 import logging
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
@@ -29,75 +26,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import gradio as gr  # noqa: E402
 
 from app_explorer import Explorer  # noqa: E402
-from app_state import (LoadedModel, ModelRegistry, SessionStore, Timings, UserError,  # noqa: E402
-                       View, find_checkpoints)
+from app_state import LoadedModel, ModelRegistry, SessionStore, Timings, UserError, View  # noqa: E402
+from ddetr.assets import EXAMPLE_GROUPS, examples_dir  # noqa: E402
+from explorer import serving  # noqa: E402
+from explorer.cli import (DEFAULT_CHECKPOINT, GET_MODEL, MAX_FILE_SIZE, _shown, launch_kwargs,  # noqa: E402, F401
+                          main, make_demo, parse_args, random_model, startup_model)
+from explorer.serving import guarded  # noqa: E402
 
 log = logging.getLogger("ddetr.app")
 ROOT = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT = ROOT / "examples" / "default_model.safetensors"
-EXAMPLE_DIRS = {"synthetic": ROOT / "examples" / "synthetic", "photos": ROOT / "examples" / "photos"}
+EXAMPLE_DIRS = {g: examples_dir() / g for g in EXAMPLE_GROUPS}  # the checkout's or the installed copy
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-MAX_FILE_SIZE = "25mb"
 MAX_PIXELS = 50_000_000
-MODEL_EVENTS = dict(concurrency_id="model", concurrency_limit=1)  # one forward pass at a time
-
-
-def _shown(path: Path) -> str:
-    try:
-        return str(path.relative_to(ROOT))
-    except ValueError:
-        return str(path)
-
-
-GET_MODEL = """The default model {path} is missing.
-  - It ships with the repository: restore it (e.g. `git checkout -- examples/`), or
-  - train one: `python -m ddetr.data.synthetic --out data/synthetic --train 5000 --val 500` then
-    `python -m ddetr.train --coco-dir data/synthetic --preset small --out runs/small`, and start with
-    `python app.py --checkpoint runs/small/model.safetensors`, or
-  - load any Deformable DETR checkpoint: `python app.py --checkpoint PATH` (official .pth,
-    a transformers folder, ours .safetensors), or
-  - explore an untrained model: `python app.py --random-weights` (labelled as such on the page)."""
-
-
-# ----------------------------------------------------------------------------- models
-def random_model(seed: int = 0, preset: str = "small") -> LoadedModel:
-    """A randomly initialized model with the synthetic classes, labelled as random everywhere."""
-    import torch
-
-    import ddetr
-    from ddetr.checkpoint import LoadReport
-    from ddetr.data.synthetic import SYNTHETIC_CLASSES
-
-    names = ("N/A", *SYNTHETIC_CLASSES)  # category id i + 1 is SYNTHETIC_CLASSES[i], as in training
-    cfg = ddetr.preset(preset, num_classes=len(names), class_names=names)
-    torch.manual_seed(seed)
-    model = ddetr.build_model(cfg)
-    # Every tensor is listed as missing: the report then says "RANDOMLY INITIALIZED (N tensors)".
-    report = LoadReport("random", f"RANDOM WEIGHTS ({preset}, seed {seed})", cfg.variant, cfg, cfg.num_classes,
-                        "the synthetic shapes (the model is untrained)", missing_keys=list(model.state_dict()),
-                        notes=["randomly initialized (--random-weights): detections and attention are meaningless"],
-                        strict=False)
-    return LoadedModel("random weights", model, report, random_weights=True)
-
-
-def startup_model(args) -> LoadedModel:
-    """The model named on the command line; never a silent fallback (DESIGN.md, principle 12)."""
-    from ddetr.checkpoint import load
-
-    if args.random_weights:
-        lm = random_model(args.seed)
-        lm.model.to(args.device)
-        return lm
-    path = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
-    if not path.exists():
-        if args.checkpoint:
-            raise SystemExit(f"--checkpoint {args.checkpoint}: no such file or folder")
-        raise SystemExit(GET_MODEL.format(path=_shown(path)))
-    try:
-        model, report = load(path, device=args.device)
-    except ValueError as e:
-        raise SystemExit(f"cannot load {path}: {e}")
-    return LoadedModel(path.name, model, report)
+MODEL_EVENTS = dict(concurrency_id=serving.MODEL_QUEUE, concurrency_limit=serving.MODEL_SLOTS)
 
 
 def find_examples() -> dict[str, dict[str, Path]]:
@@ -107,27 +48,6 @@ def find_examples() -> dict[str, dict[str, Path]]:
         files = sorted(p for p in d.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if d.is_dir() else []
         out[group] = {p.name: p.resolve() for p in files}
     return out
-
-
-# ----------------------------------------------------------------------------- errors
-def guarded(fn):
-    """Every failure becomes a readable message in the page; the server keeps serving."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (UserError, ValueError, KeyError, IndexError, LookupError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            raise gr.Error(str(msg), title="Cannot do that") from None
-        except MemoryError:
-            raise gr.Error("The server ran out of memory for this request; try a smaller image.") from None
-        except Exception as e:  # a bug: log it, tell the user, keep serving
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Internal error ({type(e).__name__}: {e}). The server keeps running; "
-                           "please try again or report it.", title="Internal error") from None
-    return wrapper
 
 
 # ----------------------------------------------------------------------------- the page
@@ -175,7 +95,7 @@ def header_parts(lm: LoadedModel) -> tuple[str, str, str, str]:
     r, cfg = lm.report, lm.model.cfg
     names = [n for n in cfg.class_names if n != "N/A"]  # "N/A": ids COCO never uses (official layout)
     shown = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
-    return (r.source if r is not None else lm.name, r.format if r is not None else "?", cfg.variant,
+    return (serving.scrub_paths(r.source) if r is not None else lm.name, r.format if r is not None else "?", cfg.variant,
             f"({len(names)}): {shown}")
 
 
@@ -199,7 +119,7 @@ def plain_header(lm: LoadedModel) -> str:
 
 
 def report_markdown(lm: LoadedModel) -> str:
-    return "```text\n" + (str(lm.report) if lm.report is not None else lm.name) + "\n```"
+    return "```text\n" + serving.scrub_paths(str(lm.report) if lm.report is not None else lm.name) + "\n```"
 
 
 def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | None = None,
@@ -339,7 +259,8 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
         ckpt.input(guarded(h.set_checkpoint), [ckpt, key], [header, report_md, *controls, *out],
                    api_name="set_checkpoint", show_progress="full", **MODEL_EVENTS)
     demo.explorer, demo.handlers = explorer, h
-    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.queue(default_concurrency_limit=2)
+    serving.install(demo)  # per-page limits, fair order, uploads only (explorer/serving.py)
     return demo
 
 
@@ -509,58 +430,6 @@ class Handlers:
         for cs in self.tabs.values():
             out.update({c: ("*Run an image first.*" if isinstance(c, gr.Markdown) else None) for c in cs})
         return out
-
-
-def launch_kwargs(args=None, **overrides) -> dict:
-    """Secure defaults: localhost, bounded uploads, no monitoring / run history / MCP / share."""
-    kw = dict(server_name=getattr(args, "host", "127.0.0.1"), server_port=getattr(args, "port", 7860),
-              max_file_size=getattr(args, "max_file_size", MAX_FILE_SIZE), enable_monitoring=False,
-              run_history=False, share=False, mcp_server=False, show_error=True, ssr_mode=False,
-              footer_links=["api", "settings"], css=CSS)
-    kw.update(overrides)
-    return kw
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="Deformable DETR Explorer (Gradio)")
-    ap.add_argument("--checkpoint", help="checkpoint to load (official .pth, transformers folder, ours .safetensors); "
-                                         f"default {_shown(DEFAULT_CHECKPOINT)}")
-    ap.add_argument("--checkpoint-dir", help="offer the checkpoints found in this folder in a dropdown")
-    ap.add_argument("--random-weights", action="store_true",
-                    help="start with a randomly initialized `small` model (clearly labelled) instead of a checkpoint")
-    ap.add_argument("--seed", type=int, default=0, help="seed of --random-weights")
-    ap.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
-    ap.add_argument("--port", type=int, default=7860)
-    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    ap.add_argument("--max-file-size", default=MAX_FILE_SIZE, help="upload limit, e.g. 25mb")
-    ap.add_argument("--max-sessions", type=int, default=64, help="sessions kept in memory (LRU)")
-    ap.add_argument("--max-memory-mb", type=int, default=1024, help="memory for all sessions' captures (LRU)")
-    args = ap.parse_args(argv)
-    if args.random_weights and args.checkpoint:
-        ap.error("--random-weights and --checkpoint exclude each other")
-    return args
-
-
-def make_demo(args) -> gr.Blocks:
-    startup = startup_model(args)
-    checkpoints = {}
-    if args.checkpoint_dir:
-        try:
-            checkpoints = find_checkpoints(args.checkpoint_dir)
-        except UserError as e:
-            raise SystemExit(str(e))
-        if not checkpoints:
-            print(f"note: no checkpoints found in {args.checkpoint_dir}", file=sys.stderr)
-    return build_demo(startup, checkpoints=checkpoints, device=args.device, max_sessions=args.max_sessions,
-                      max_bytes=args.max_memory_mb << 20)
-
-
-def main(argv=None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    demo = make_demo(args)
-    print(plain_header(demo.explorer.registry.get(demo.explorer.registry.startup_name)))
-    demo.launch(**launch_kwargs(args))
 
 
 def __getattr__(name: str):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .capture_html import capture_html
 from .frames import Geometry, sampling_locations
 from .postprocess import Detections
 
@@ -329,6 +330,10 @@ class Capture:
                          f"{float(det.scores[0]):.3f}")
         lines += [f"left out: {s}" for s in m["left_out"]] or ["left out: nothing"]
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the summary and a Figure-6 sketch of the best detection."""
+        return capture_html(self)
 
     def __repr__(self) -> str:
         g = self.geometry

@@ -385,17 +385,25 @@ def from_hub(repo_id: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
         raise ValueError(f"{repo_id!r} is not a local path, and huggingface_hub is not installed to fetch it") from None
+    from huggingface_hub import constants
+
     patterns = ["config.json", "preprocessor_config.json", "model.safetensors"]
+    offline = constants.HF_HUB_OFFLINE
     last = None
-    for local_only in (True, False):
+    for local_only in (True,) if offline else (True, False):
         try:
             folder = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=local_only))
             if not (folder / "model.safetensors").is_file():  # older repos hold only a .bin
                 folder = Path(snapshot_download(repo_id, allow_patterns=patterns[:2] + ["pytorch_model.bin"],
                                                 local_files_only=local_only))
             return folder
-        except Exception as e:  # offline, unknown repo, gated ... (network code: not exercised by tests)
+        except Exception as e:  # offline, unknown repo, gated ... (tests cover the cache, not the network)
             last = e
+    if offline:
+        raise ValueError(
+            f"{repo_id!r} is not a local path, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}); "
+            f"HF_HUB_OFFLINE=1 forbids downloading it. Fetch it where there is network (`hf download {repo_id}` "
+            "into this cache, or `--local-dir DIR` and pass the folder), or unset HF_HUB_OFFLINE.")
     raise ValueError(
         f"{repo_id!r} is not a local path, and fetching it from the Hugging Face Hub failed "
         f"({type(last).__name__}: {str(last).splitlines()[0] if str(last) else ''}). Without network, download it "

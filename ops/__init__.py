@@ -5,21 +5,26 @@
                          sampling_locations, attention_weights)  # (B, Lq, M * D)
 
 Importing the package builds the C++ (and, with a GPU and CUDA toolkit, the CUDA) kernels
-once into ``ops/_build`` and loads them; ``python -m ops`` shows what is available and which
+once into ``ops/_build`` (``~/.cache/ddetr-ops`` when installed; ``$DDETR_OPS_BUILD_DIR``
+overrides both) and loads them; ``python -m ops`` shows what is available and which
 implementation runs. Without a compiler the pure-PyTorch reference runs, with one warning.
 """
 from ops.ms_deform_attn import (
     KERNELS,
     KernelUnavailableWarning,
+    MsDeformAttnGradients,
     implementation,
     ms_deform_attn,
+    ms_deform_attn_backward,
 )
 from ops.reference import ms_deform_attn_reference
 
 __all__ = [
     "KERNELS",
     "KernelUnavailableWarning",
+    "MsDeformAttnGradients",
     "implementation",
     "ms_deform_attn",
+    "ms_deform_attn_backward",
     "ms_deform_attn_reference",
 ]

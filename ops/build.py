@@ -7,8 +7,10 @@ Two shared libraries, loaded with ``torch.ops.load_library`` (no Python bindings
 * ``cuda``: ``csrc/ms_deform_attn_cuda.cu``. Adds the CUDA kernels
   (``TORCH_LIBRARY_IMPL(ddetr_ops, CUDA)``). Attempted when a GPU and a CUDA toolkit exist.
 
-Each build lives in ``ops/_build/<kind>-<key>/`` where ``key`` hashes everything the binary
-depends on (sources, flags, compiler, torch and Python versions, CPU features, CUDA archs).
+Each build lives in ``<root>/<kind>-<key>/`` (``default_build_root``: ``ops/_build`` in a
+source checkout, a per-user cache for an installed package) where ``key`` hashes everything
+the binary depends on (sources, flags, compiler, torch and Python versions, CPU features,
+CUDA archs).
 A library that already exists is loaded directly, without importing the builder or running
 ninja, so importing a built package is fast and silent. Concurrent first imports are
 serialized by an OS lock (released by the kernel if the holder dies, so a killed build never
@@ -43,9 +45,19 @@ CUDA_CFLAGS = ["-O3", "-lineinfo"]
 
 
 def default_build_root() -> Path:
-    """``$DDETR_OPS_BUILD_DIR`` if set, else ``ops/_build`` (gitignored)."""
+    """``$DDETR_OPS_BUILD_DIR`` if set; else ``ops/_build`` (gitignored) in a source checkout
+    or an editable install; else, for a package installed into site-packages (which may be
+    read-only or shared by several users), the per-user cache ``$XDG_CACHE_HOME/ddetr-ops``
+    (default ``~/.cache/ddetr-ops``). The build key keeps environments sharing it apart."""
     env = os.environ.get("DDETR_OPS_BUILD_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent / "_build"
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parent
+    installed = package.parent.name in ("site-packages", "dist-packages")
+    if not installed and os.access(package, os.W_OK):
+        return package / "_build"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.environ.get("LOCALAPPDATA")
+    return (Path(cache) if cache else Path.home() / ".cache") / "ddetr-ops"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections import deque
+from typing import NamedTuple
 
 import torch
 
@@ -65,6 +66,23 @@ def implementation(device: torch.device | str = "cpu") -> str:
     return "reference"
 
 
+# int32 index tensors are what mmcv's NPU path and some exporters pass; the kernels read int64.
+INDEX_DTYPES = (torch.int64, torch.int32)
+# A half-precision value may come with float32 locations and weights: code ported from mmcv
+# runs the op under autocast, which leaves the (float32) offsets and softmax in float32.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtype(value, sampling_locations, attention_weights) -> torch.dtype:
+    """The dtype the kernel runs in: value's, or float32 when a half-precision value comes with
+    float32 locations or weights. Upcasting the value (rather than rounding the locations to
+    half, as mmcv does) keeps the sub-pixel positions exact; the kernels accumulate half in
+    float32 anyway, so only the result is rounded, once."""
+    if torch.float32 in (sampling_locations.dtype, attention_weights.dtype):
+        return torch.promote_types(value.dtype, torch.float32)
+    return value.dtype
+
+
 def _shape_error(name: str, expected: str, t: torch.Tensor) -> ValueError:
     return ValueError(f"ms_deform_attn: {name} must have shape {expected}, got {tuple(t.shape)}")
 
@@ -95,15 +113,17 @@ def _check_arguments(value, spatial_shapes, level_start_index, sampling_location
         raise _shape_error("attention_weights", f"(B, Lq, M, L, P) = ({B}, {Lq}, {M}, {L}, {P})",
                            attention_weights)
     for name in ("spatial_shapes", "level_start_index"):
-        if args[name].dtype != torch.int64:
-            raise ValueError(f"ms_deform_attn: {name} must be int64 (torch.long), got "
+        if args[name].dtype not in INDEX_DTYPES:
+            raise ValueError(f"ms_deform_attn: {name} must be int64 (torch.long) or int32, got "
                              f"{args[name].dtype}; use .long()")
     if not value.is_floating_point():
         raise ValueError(f"ms_deform_attn: value must be a floating-point tensor, got {value.dtype}")
     for name in ("sampling_locations", "attention_weights"):
-        if args[name].dtype != value.dtype:
-            raise ValueError(f"ms_deform_attn: {name} has dtype {args[name].dtype} but value has "
-                             f"{value.dtype}; cast with .to(value.dtype)")
+        dtype = args[name].dtype
+        if dtype != value.dtype and not (value.dtype in HALF_DTYPES and dtype == torch.float32):
+            raise ValueError(f"ms_deform_attn: {name} has dtype {dtype} but value has "
+                             f"{value.dtype}; cast with .to(value.dtype) (only a float16/bfloat16 "
+                             f"value may come with float32 {name})")
     for name, t in args.items():
         if t.device != value.device:
             raise ValueError(f"ms_deform_attn: {name} is on {t.device} but value is on "
@@ -160,24 +180,89 @@ def ms_deform_attn(
 
     Args:
         value: (B, Lv, M, D) float16/bfloat16/float32/float64, Lv = sum_l H_l * W_l.
-        spatial_shapes: (L, 2) int64, rows (H_l, W_l).
-        level_start_index: (L,) int64, offset of each level inside Lv (exclusive cumsum).
+        spatial_shapes: (L, 2) int64 (or int32), rows (H_l, W_l).
+        level_start_index: (L,) int64 (or int32), offset of each level inside Lv (exclusive
+            cumsum).
         sampling_locations: (B, Lq, M, L, P, 2), x first, in [0, 1] of each level's map,
             pixel centres at (i + 0.5) / W; points outside the map (and NaN) read zeros.
         attention_weights: (B, Lq, M, L, P).
 
-    All tensors on one device; any strides. float16/bfloat16 accumulate in float32.
+    All tensors on one device; any strides. Locations and weights share value's dtype, or
+    are float32 with a float16/bfloat16 value (as under autocast); float16/bfloat16
+    accumulate in float32 either way.
 
     Returns:
-        (B, Lq, M * D), differentiable w.r.t. value, sampling_locations, attention_weights.
+        (B, Lq, M * D) in value's dtype, differentiable w.r.t. value, sampling_locations,
+        attention_weights.
     """
     _check_arguments(value, spatial_shapes, level_start_index, sampling_locations,
                      attention_weights)
+    args = _kernel_arguments(value, spatial_shapes, level_start_index, sampling_locations,
+                             attention_weights)
     if implementation(value.device) == "reference":
-        return ms_deform_attn_reference(value, spatial_shapes, level_start_index,
-                                        sampling_locations, attention_weights)
-    return torch.ops.ddetr_ops.ms_deform_attn_forward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        out = ms_deform_attn_reference(*args)
+    else:
+        out = torch.ops.ddetr_ops.ms_deform_attn_forward(*args)
+    return out.to(value.dtype)  # autograd casts the gradients back to each input's dtype
+
+
+def _kernel_arguments(value, spatial_shapes, level_start_index, sampling_locations,
+                      attention_weights) -> tuple[torch.Tensor, ...]:
+    """The five arguments as the kernels take them: int64 indices, one floating dtype.
+    Each cast is a no-op (returns the same tensor) for an argument that already fits."""
+    dtype = _compute_dtype(value, sampling_locations, attention_weights)
+    return (value.to(dtype), spatial_shapes.long(), level_start_index.long(),
+            sampling_locations.to(dtype), attention_weights.to(dtype))
+
+
+class MsDeformAttnGradients(NamedTuple):
+    """Gradients of a scalar loss w.r.t. the op's differentiable inputs, each in its input's
+    dtype: value (B, Lv, M, D), sampling_locations (B, Lq, M, L, P, 2), attention_weights
+    (B, Lq, M, L, P)."""
+
+    value: torch.Tensor
+    sampling_locations: torch.Tensor
+    attention_weights: torch.Tensor
+
+
+def ms_deform_attn_backward(
+    grad_output: torch.Tensor,
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> MsDeformAttnGradients:
+    """The vector-Jacobian product of ``ms_deform_attn`` for callers that write their own
+    ``autograd.Function`` (the official extension's interface): ``grad_output`` is
+    (B, Lq, M * D), the other arguments as for ``ms_deform_attn``. Runs the backward kernel
+    directly (no forward recomputation); on the reference it differentiates the reference."""
+    _check_arguments(value, spatial_shapes, level_start_index, sampling_locations,
+                     attention_weights)
+    B, _, M, D = value.shape
+    Lq = sampling_locations.shape[1]
+    if not isinstance(grad_output, torch.Tensor):
+        raise TypeError(f"ms_deform_attn_backward: grad_output must be a torch.Tensor, got "
+                        f"{type(grad_output)}")
+    if grad_output.shape != (B, Lq, M * D):
+        got = tuple(grad_output.shape)
+        raise ValueError(f"ms_deform_attn_backward: grad_output must have shape (B, Lq, M * D) = "
+                         f"({B}, {Lq}, {M * D}), got {got}")
+    if not grad_output.is_floating_point() or grad_output.device != value.device:
+        raise ValueError(f"ms_deform_attn_backward: grad_output must be a floating-point tensor on "
+                         f"{value.device}, got {grad_output.dtype} on {grad_output.device}")
+    args = _kernel_arguments(value, spatial_shapes, level_start_index, sampling_locations,
+                             attention_weights)
+    grad = grad_output.to(args[0].dtype)
+    if implementation(value.device) == "reference":
+        with torch.enable_grad():
+            leaves = [args[i].detach().requires_grad_() for i in (0, 3, 4)]
+            out = ms_deform_attn_reference(leaves[0], args[1], args[2], leaves[1], leaves[2])
+            grads = torch.autograd.grad(out, leaves, grad)
+    else:
+        grads = torch.ops.ddetr_ops.ms_deform_attn_backward(grad, *args)
+    return MsDeformAttnGradients(grads[0].to(value.dtype), grads[1].to(sampling_locations.dtype),
+                                 grads[2].to(attention_weights.dtype))
 
 
 if KERNELS["cpu"].ok:

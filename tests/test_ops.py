@@ -264,7 +264,7 @@ def _bad_inputs():
         ("Lv mismatch", lambda a: [a[0][:, :-1]] + a[1:], r"sum\(H \* W\)"),
         ("start index", lambda a: a[:2] + [a[2] + 1] + a[3:], "level_start_index\\[0\\]"),
         ("start index shape", lambda a: a[:2] + [a[2][:-1]] + a[3:], "level_start_index must"),
-        ("shapes int32", lambda a: [a[0], a[1].int()] + a[2:], "int64"),
+        ("shapes int16", lambda a: [a[0], a[1].short()] + a[2:], "int64"),
         ("shapes columns", lambda a: [a[0], a[1][:, :1]] + a[2:], "spatial_shapes must"),
         ("loc heads", lambda a: a[:3] + [a[3][:, :, :1]] + a[4:], "sampling_locations must"),
         ("loc xy", lambda a: a[:3] + [a[3][..., :1]] + a[4:], "sampling_locations must"),
@@ -317,3 +317,66 @@ def test_cuda_mixed_devices_and_streams():
         out = ms_deform_attn(*args)
     torch.cuda.current_stream().wait_stream(stream)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- compatibility
+# What other callers pass: int32 index tensors (mmcv's NPU path, exporters) and a half-precision
+# value with float32 locations and weights (code ported from mmcv, run under autocast).
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_int32_index_tensors_match_the_reference(device):
+    args, _ = random_case(31, device, torch.float64, B=2, Lq=5)
+    args32 = args[:1] + [args[1].int(), args[2].int()] + args[3:]
+    grad_out = torch.randn(2, 5, args[0].shape[2] * args[0].shape[3], device=device,
+                           dtype=torch.float64)
+    out, grads = run_with_grads(ms_deform_attn, args32, grad_out)
+    ref, ref_grads = run_with_grads(ms_deform_attn_reference, args, grad_out)
+    assert_close(out, ref, 1e-12)
+    assert_close(grads[0], ref_grads[0], 1e-12)
+    assert_close(grads[2], ref_grads[2], 1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_value_with_float32_locations_and_weights(device, dtype):
+    """Computed in float32 from the float32 locations (not rounded to half), value's dtype out;
+    each gradient in its input's dtype."""
+    args, smooth = random_case(37, device, torch.float32, B=2, Lq=9, D=16)
+    mixed = [args[0].to(dtype)] + args[1:]
+    ref_args = [args[0].to(dtype).float()] + args[1:]  # the same rounded value, float32 rest
+    grad_out = torch.randn(2, 9, args[0].shape[2] * 16, device=device).to(dtype)
+    out, grads = run_with_grads(ms_deform_attn, mixed, grad_out)
+    ref, ref_grads = run_with_grads(ms_deform_attn_reference, ref_args, grad_out.float())
+    assert out.dtype == dtype and [g.dtype for g in grads] == [dtype, torch.float32, torch.float32]
+    rel = 1e-2 if dtype == torch.float16 else 2e-2  # one rounding of the float32 result
+    assert_close(out.float(), ref, rel)
+    assert_close(grads[0].float(), ref_grads[0], rel)
+    assert_close(grads[2], ref_grads[2], 1e-5)  # float32 all the way: no half rounding
+    s = smooth[..., None].expand_as(grads[1])
+    assert_close(grads[1][s], ref_grads[1][s], 1e-4)
+
+
+def test_other_dtype_mixes_are_still_refused():
+    """Only half + float32 is a known caller's convention; float32 + half would lose precision."""
+    args = [t.float() if t.is_floating_point() else t for t in valid_case()]
+    with pytest.raises(ValueError, match="sampling_locations has dtype torch.float16"):
+        ms_deform_attn(args[0], args[1], args[2], args[3].half(), args[4])
+    with pytest.raises(ValueError, match="attention_weights has dtype torch.bfloat16"):
+        ms_deform_attn(args[0].half(), args[1], args[2], args[3], args[4].bfloat16())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_function_equals_autograd(device):
+    """ops.ms_deform_attn_backward (for hand-written autograd.Functions) == autograd's."""
+    args, smooth = random_case(41, device, torch.float64, B=3, Lq=4)
+    grad_out = torch.randn(3, 4, args[0].shape[2] * args[0].shape[3], device=device,
+                           dtype=torch.float64)
+    _, ref_grads = run_with_grads(ms_deform_attn_reference, args, grad_out)
+    grads = ops.ms_deform_attn_backward(grad_out, *args)
+    assert_close(grads.value, ref_grads[0], 1e-12)
+    assert_close(grads.attention_weights, ref_grads[2], 1e-12)
+    s = smooth[..., None].expand_as(grads.sampling_locations)
+    assert_close(grads.sampling_locations[s], ref_grads[1][s], 1e-9)
+    with pytest.raises(ValueError, match="grad_output must have shape"):
+        ops.ms_deform_attn_backward(grad_out[:, :-1], *args)

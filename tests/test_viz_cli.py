@@ -98,7 +98,7 @@ def test_cli_renders_a_saved_capture(run, tmp_path, capsys):
 
 
 def test_cli_errors_name_the_fix(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no examples/default_model.safetensors here
+    monkeypatch.setattr("viz.__main__.DEFAULT_CHECKPOINT", tmp_path / "default_model.safetensors")  # missing
     Image.new("RGB", (40, 30)).save(tmp_path / "x.png")
     with pytest.raises(SystemExit):
         main(["--image", str(tmp_path / "x.png"), "--out", str(tmp_path / "o")])

@@ -15,7 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_CHECKPOINT = Path("examples/default_model.safetensors")
+from ddetr.assets import DEFAULT_CHECKPOINT_NAME, examples_dir
+
+DEFAULT_CHECKPOINT = examples_dir() / DEFAULT_CHECKPOINT_NAME  # the checkout's or the installed copy
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""The Deformable DETR Explorer: the Gradio page, its command line and its serving policy."""

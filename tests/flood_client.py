@@ -1,0 +1,41 @@
+"""Test helper: one page (one gradio_client Client, one session) flooding a server with uploads.
+
+    python tests/flood_client.py URL IMAGE THREADS [USER:PASSWORD]
+
+Each thread uploads IMAGE to ``/detect`` back to back, retrying at once when refused, until
+the process is killed. It prints "flooding" when the threads have started, and a line
+"ok=N refused=M" on SIGTERM. Run as its own process so that its Python work does not share the
+server's interpreter lock (a real flood comes from another machine).
+"""
+import signal
+import sys
+import threading
+
+
+def main(url: str, image: str, threads: int, auth: tuple[str, str] | None = None) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(url, auth=auth, verbose=False)
+    counts = {"ok": 0, "refused": 0}
+
+    def flood():
+        while True:
+            try:
+                client.predict(handle_file(image), 0.3, api_name="/detect")
+                counts["ok"] += 1
+            except Exception:  # refused at the queue's door (HTTP 400), or the server went away
+                counts["refused"] += 1
+
+    def report(*_):
+        print(f"ok={counts['ok']} refused={counts['refused']}", flush=True)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, report)
+    for _ in range(threads):
+        threading.Thread(target=flood, daemon=True).start()
+    print("flooding", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), tuple(sys.argv[4].split(":", 1)) if len(sys.argv) > 4 else None)
