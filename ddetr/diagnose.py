@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -52,10 +51,13 @@ def read_images(folder, max_images: int | None = None) -> list[np.ndarray]:
 
 def default_images(max_images: int | None = None) -> list[np.ndarray]:
     """The shipped examples: synthetic scenes first, then the photographs."""
-    if not (EXAMPLES / "synthetic").is_dir() or not (EXAMPLES / "photos").is_dir():
-        raise DiagnoseError(f"the example images ({EXAMPLES}/synthetic, photos) are not here; "
-                            "pass --images DIR with a few images the model is meant for")
-    imgs = read_images(EXAMPLES / "synthetic") + read_images(EXAMPLES / "photos")
+    from .assets import EXAMPLE_GROUPS, example_dirs
+
+    dirs = example_dirs()
+    if not dirs:
+        raise DiagnoseError("the example images are not installed; pass --images DIR with a few images "
+                            "the model is meant for")
+    imgs = [img for g in EXAMPLE_GROUPS if g in dirs for img in read_images(dirs[g])]
     return imgs[:max_images]
 
 

@@ -21,11 +21,12 @@ import torch
 
 import ddetr  # noqa: E402
 from ddetr import faults
+from ddetr.assets import default_checkpoint
 from ddetr.diagnose import default_images, read_images
 from ddetr.diagnostics import (attention_modules, diagnose, head_strength, level_embed_spread, measure,
                                offset_change)
 
-SHIPPED = Path(__file__).resolve().parents[1] / "examples" / "default_model.safetensors"
+SHIPPED = default_checkpoint()
 
 
 def signals(model, stats) -> dict[str, float]:
