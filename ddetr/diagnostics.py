@@ -57,6 +57,7 @@ SATURATED_PROBLEM, SATURATED_WARNING = 0.5, 0.1
 # 0.028 (the prior 0.01); class bias -20: 1.4e-8.
 SILENT_PROBLEM, SILENT_WARNING = 0.1, 0.3
 
+CALIBRATED_ON = "small"  # the architecture the numbers above were measured on
 SEVERITIES = ("ok", "warning", "problem")
 CHECKS = ("offsets_at_init", "uniform_heads", "dead_heads", "starved_levels", "points_outside",
           "level_embed_collapsed", "references_saturated", "class_head_silent")
@@ -335,6 +336,12 @@ def diagnose(model: torch.nn.Module | None = None, stats: AttentionStats | None 
     d = Diagnostics()
     if model is not None:
         d.findings += check_parameters(model)
+        from .checkpoint_report import variant_of
+
+        if variant_of(model.cfg) != CALIBRATED_ON:
+            d.notes.append(f"thresholds were calibrated on the {CALIBRATED_ON} architecture; on a "
+                           f"{variant_of(model.cfg)} model treat warnings as hints (problems are faults that "
+                           "leave no doubt: zeros, logits at -20, saturation)")
     else:
         d.notes.append("no model given: weight checks skipped")
     if stats is None:
