@@ -88,7 +88,7 @@ def bench_views(n: int) -> None:
     demo = app.build_demo(lm, examples=examples, threshold=0.3)
     ex = demo.explorer
     handlers = demo.handlers
-    h = handlers.set_view
+    h = lambda *a: handlers.set_view(key, *a)  # noqa: E731
     print(f"model: {what}; image {image.name}; torch threads {torch.get_num_threads()}")
 
     # --- 2. new image (handler: read + model under capture + draw) ---
@@ -113,21 +113,21 @@ def bench_views(n: int) -> None:
     if not ex.visible(s):
         s.view.threshold = 0.0
     views = [
-        ("layer", lambda i: h(i % cfg.dec_layers, list(range(M)), list(range(L)), "head", 0, "merged", 0, key)),
-        ("heads", lambda i: h(cfg.dec_layers - 1, [i % M], list(range(L)), "head", 0, "merged", 0, key)),
-        ("levels", lambda i: h(cfg.dec_layers - 1, list(range(M)), [i % L], "weight", 0, "merged", 0, key)),
-        ("top-k", lambda i: h(cfg.dec_layers - 1, list(range(M)), list(range(L)), "weight", 1 + i % 16, "merged", 0, key)),
+        ("layer", lambda i: h(i % cfg.dec_layers, list(range(M)), list(range(L)), "head", 0, "merged", 0)),
+        ("heads", lambda i: h(cfg.dec_layers - 1, [i % M], list(range(L)), "head", 0, "merged", 0)),
+        ("levels", lambda i: h(cfg.dec_layers - 1, list(range(M)), [i % L], "weight", 0, "merged", 0)),
+        ("top-k", lambda i: h(cfg.dec_layers - 1, list(range(M)), list(range(L)), "weight", 1 + i % 16, "merged", 0)),
         ("across scales", lambda i: h(cfg.dec_layers - 1, list(range(M)), list(range(L)), "head", 0,
-                                      "scales" if i % 2 else "merged", 0, key)),
+                                      "scales" if i % 2 else "merged", 0)),
     ]
     w, hh = s.capture.image.shape[1], s.capture.image.shape[0]
-    views.append(("select detection", lambda i: handlers.select_detection(i % max(1, len(ex.visible(s))), key)))
-    views.append(("click pixel (encoder)", lambda i: handlers.click_pixel((i * 37) % w, (i * 53) % hh, key)))
+    views.append(("select detection", lambda i: handlers.select_detection(key, i % max(1, len(ex.visible(s))))))
+    views.append(("click pixel (encoder)", lambda i: handlers.click_pixel(key, (i * 37) % w, (i * 53) % hh)))
     worst = 0.0
     for tab in ("interactive", "learn"):
         s.active_tab = tab
         for name, fn in views:
-            handlers.select_detection(0, key) if ex.visible(s) else None
+            handlers.select_detection(key, 0) if ex.visible(s) else None
             fn(0)  # warm
             med, mx = median_ms(lambda c=iter(range(1, 10 ** 6)): fn(next(c)), n)
             worst = max(worst, med)

@@ -13,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from app_state import LoadedModel, UserError, find_checkpoints
+from explorer.models import LoadedModel, find_checkpoints
+from explorer.state import UserError
 from ddetr.assets import DEFAULT_CHECKPOINT_NAME, examples_dir
 from explorer import serving
 

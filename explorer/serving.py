@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import logging
 import re
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,8 @@ class Admission:
             fn = route_utils.get_fn(self.queue.blocks, None, body)
         except Exception:  # unknown fn_index: Gradio's own push answers it
             return await original(body=body, request=request, username=username)
-        new = Request(body.session_hash or "?", _address(request), fn.concurrency_id == MODEL_QUEUE)
+        # No session hash (``/call/<api>``): Gradio makes the event its own session, so does this.
+        new = Request(body.session_hash or uuid.uuid4().hex, _address(request), fn.concurrency_id == MODEL_QUEUE)
         why = file_refusal(body.data, self.upload_folder) or refusal(self.limits, new, self.in_flight())
         if why:
             self.refused[why.split(";")[0].split("(")[0].strip()] += 1

@@ -2,14 +2,17 @@
 
     python tests/flood_client.py URL IMAGE THREADS [USER:PASSWORD]
 
-Each thread uploads IMAGE to ``/detect`` back to back, retrying at once when refused, until
-the process is killed. It prints "flooding" when the threads have started, and a line
+Each thread uploads IMAGE to ``/detect`` back to back until the process is killed; a refused
+upload is sent again a second later (a script that keeps retrying; a browser page sends
+each upload once, and spinning on refusals would measure this process's CPU, not the server). It prints "flooding" when the threads have started, and a line
 "ok=N refused=M" on SIGTERM. Run as its own process so that its Python work does not share the
 server's interpreter lock (a real flood comes from another machine).
 """
+import os
 import signal
 import sys
 import threading
+import time
 
 
 def main(url: str, image: str, threads: int, auth: tuple[str, str] | None = None) -> None:
@@ -25,10 +28,11 @@ def main(url: str, image: str, threads: int, auth: tuple[str, str] | None = None
                 counts["ok"] += 1
             except Exception:  # refused at the queue's door (HTTP 400), or the server went away
                 counts["refused"] += 1
+                time.sleep(1.0)
 
     def report(*_):
         print(f"ok={counts['ok']} refused={counts['refused']}", flush=True)
-        raise SystemExit(0)
+        os._exit(0)  # not SystemExit: the client's executor threads would be joined, mid-request
 
     signal.signal(signal.SIGTERM, report)
     for _ in range(threads):

@@ -65,13 +65,28 @@ def server(files, tmp_path_factory):
 
     other = app.random_model(seed=1).model
     save(other, ckpt_dir / "other.safetensors")
+    _partial(ckpt_dir / "other.safetensors", ckpt_dir / "partial.safetensors")
+    (ckpt_dir / "broken.safetensors").write_bytes(b"not a checkpoint")
     calls = {"n": 0}
     lm.model.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
-    demo = app.build_demo(lm, examples=files["examples"], checkpoints={"other.safetensors": ckpt_dir / "other.safetensors"})
+    demo = app.build_demo(lm, examples=files["examples"],
+                          checkpoints={n: ckpt_dir / n for n in ("other.safetensors", "partial.safetensors",
+                                                                 "broken.safetensors")})
     port = free_port()
     demo.launch(**app.launch_kwargs(server_port=port, prevent_thread_lock=True, quiet=True, max_file_size="2mb"))
     yield f"http://127.0.0.1:{port}/", demo, calls
     demo.close()
+
+
+def _partial(src, dst, drop: str = "class_embed"):
+    """A copy of checkpoint ``src`` without the tensors whose names contain ``drop``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+        sd = {k: f.get_tensor(k) for k in f.keys() if drop not in k}
+    save_file(sd, str(dst), metadata=meta)
 
 
 def client(server) -> Client:
@@ -79,7 +94,7 @@ def client(server) -> Client:
 
 
 def status_of(result) -> str:
-    return result[3]  # (det_image, att_image, det_list, status, *tab outputs); the session key is a State
+    return result[3]  # (det_image, att_image, det_list, status, notice, legend); the session key is a State
 
 
 def test_launch_is_secure_by_default(server):
@@ -143,7 +158,7 @@ def test_detect_then_explore_without_running_the_model_again(server, files):
     assert "encoder layer 1" in status_of(r)
     r = c.predict(0.0, api_name="/set_threshold")
     for tab in app.TABS:
-        c.predict(tab[0], api_name="/show_tab")
+        c.predict(tab, api_name="/show_tab")
     assert calls["n"] == before + 1  # every change of view came from the capture
 
 
@@ -151,20 +166,26 @@ def test_tabs_draw_for_the_selected_detection(server):
     c = client(server)
     c.predict("scene_1.png", 0.0, api_name="/detect_example")
     c.predict(0, api_name="/select_detection")
-    n = 2 * len(app.TABS)
-    for i, (tab_id, _, _) in enumerate(app.TABS):
+    ids = list(app.TABS)
+    for i, tab_id in enumerate(ids):
         r = c.predict(tab_id, api_name="/show_tab")
-        note, plot = r[2 * i], r[2 * i + 1]
+        assert len(r) == 2 * len(ids)  # (note, body) of every tab; only this one is drawn
+        note, body = r[2 * i], r[2 * i + 1]
+        kind = app.TABS[tab_id].body
         if tab_id == "gradients":
             assert "Press the button" in note
-            continue
-        assert isinstance(plot, dict) and plot.get("plot"), (tab_id, note)
-    assert len(r) == n + 2  # + the checkpoint tab's diagnostics and capture summary
+        elif kind == "plot":
+            assert isinstance(body, dict) and body.get("plot"), (tab_id, note)
+        elif kind == "image":
+            assert np.asarray(Image.open(body)).ndim == 3, (tab_id, note)
+        elif kind == "markdown":
+            assert body, (tab_id, note)
     r = c.predict(api_name="/gradients")
     assert r[1].get("plot")
     r = c.predict("checkpoint", api_name="/show_tab")
-    assert "offsets_at_init" in r[-2] and "PROBLEM" in r[-2]  # an untrained model is diagnosed as such
-    assert "capture of a" in r[-1]
+    k = 2 * ids.index("checkpoint")
+    assert "offsets_at_init" in r[k] and "PROBLEM" in r[k]  # an untrained model is diagnosed as such
+    assert "capture of a" in r[k + 1]
 
 
 def test_upload_and_odd_images(server, files):
@@ -260,13 +281,16 @@ def test_select_events_are_thin_wrappers_over_xy(server):
     x0, y0, x1, y1 = det.boxes[0].tolist()
     for u, v in [(2, 3), ((x0 + x1) / 2 * scale, (y0 + y1) / 2 * scale)]:
         u, v = int(u), int(v)
-        h.on_det_select(s.key, gr.SelectData(None, {"index": [u, v], "value": None}))
+        h.on_det_select(s.key, "", gr.SelectData(None, {"index": [u, v], "value": None}))
         by_event = s.target
-        h.click((u + 0.5) / scale, (v + 0.5) / scale, s.key)
+        h.click(s.key, (u + 0.5) / scale, (v + 0.5) / scale)
         assert s.target == by_event
     assert s.target[0] == "detection"
-    h.on_att_select(s.key, gr.SelectData(None, {"index": [5, 5], "value": None}))
-    assert s.target == ("pixel", ((5 + 0.5) / scale, (5 + 0.5) / scale))  # the attention view: always a pixel
+    h.on_att_select(s.key, "", gr.SelectData(None, {"index": [5, 5], "value": None}))
+    by_event = (s.target, s.point)
+    h.click(s.key, x0, y0)  # something else first
+    h.click_view(s.key, 5, 5)
+    assert (s.target, s.point) == by_event
 
 
 def test_clients_get_their_own_sessions(server):
@@ -281,7 +305,29 @@ def test_clients_get_their_own_sessions(server):
 def test_checkpoint_dropdown_switches_this_session_only(server):
     a, b = client(server), client(server)
     r = a.predict("other.safetensors", api_name="/set_checkpoint")
-    assert "other.safetensors" in r[0] and "every tensor loaded" in r[1]
+    assert "other.safetensors" in r[0] and not r[1]  # the header names it; no notice
     ra = a.predict("scene_0.png", 0.0, api_name="/detect_example")
     rb = b.predict("scene_0.png", 0.0, api_name="/detect_example")
     assert ra[2]["choices"] != rb[2]["choices"]  # another seed: other detections
+
+
+def test_a_failed_checkpoint_keeps_the_model_and_open_anyway_names_what_is_missing(server, tmp_path):
+    _, demo, _ = server
+    h, x, c = demo.handlers, demo.explorer, demo.handlers.c
+    out = h.detect_example(None, "scene_0.png", 0.0)
+    key = out[c.key]
+    s = x.store.get(key)
+    start = s.model_name
+    for name in ("broken.safetensors", "partial.safetensors"):
+        out = h._page(h.set_checkpoint, [c.key, c.ckpt, c.notice, c.open_anyway, c.header, c.att_image])(key, name)
+        assert s.model_name == start and s.capture is not None  # the current model and image stay
+        assert out[c.ckpt]["value"] == start  # the dropdown goes back to the model in use
+        assert name in out[c.notice] and c.header not in out and c.att_image not in out
+        assert str(tmp_path.parent) not in out[c.notice] and "strict=False" not in out[c.notice]
+    assert out[c.open_anyway]["visible"] is True and "Open anyway" in out[c.notice]
+    out = h.open_anyway(key)
+    assert s.model_name == "partial.safetensors"
+    assert "OPENED ANYWAY" in out[c.header] and "class_embed" in out[c.header]
+    h.detect_example(key, "scene_0.png", 0.0)
+    assert s.capture is not None and s.capture.meta["variant"]
+    h.set_checkpoint(key, start)  # back, for the other tests

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_state import MIN_SIDE, Session, SessionStore, UserError, find_checkpoints, read_image
+from explorer.images import MIN_SIDE, read_image
+from explorer.models import find_checkpoints
+from explorer.state import Session, SessionStore, UserError
 from huge_png import huge_png  # noqa: E402
 
 LIMIT = 50_000_000

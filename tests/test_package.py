@@ -52,7 +52,7 @@ def test_every_package_and_app_module_is_installed():
     assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
     assert "ddetr.examples" in listed and tool["package-dir"]["ddetr.examples"] == "examples"
     top_level_imports = set()
-    for path in [ROOT / "explorer" / "cli.py", *(ROOT / m for m in ("app.py", "app_explorer.py", "app_state.py"))]:
+    for path in [*(ROOT / "explorer").glob("*.py"), ROOT / "app.py"]:
         top_level_imports |= set(re.findall(r"^\s*(?:from|import) (app\w*)\b", path.read_text(), re.M))
     assert top_level_imports <= set(tool["py-modules"]), sorted(top_level_imports - set(tool["py-modules"]))
 

@@ -213,29 +213,45 @@ def test_login_is_required(server):
     assert "detection" in r[3]
 
 
+@pytest.mark.slow
 def test_an_example_stays_fast_while_another_page_floods_uploads(server, tmp_path):
+    """Under 2 s where the example alone takes 0.5 s (the issue's machine; 39 s with Gradio's
+    plain queue). The bound scales with the example's time alone, measured just before, so a
+    machine busy with other work slows both sides alike; queueing behind the flood (36x the
+    time alone, bench/serving.py) still fails it."""
     url, demo = server
     big = tmp_path / "large.jpg"
     Image.open(ROOT / "examples" / "synthetic" / "synthetic_00.png").convert("RGB").resize((1600, 1200)).save(big)
     b = client(server)
-    b.predict("synthetic_01.png", 0.3, api_name="/detect_example")  # this page's first call
-    refused = sum(demo.admission.refused.values())
-    flood = subprocess.Popen([sys.executable, str(ROOT / "tests" / "flood_client.py"), url, str(big), "12",
-                              f"{USER}:{PASSWORD}"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert flood.stdout.readline().strip() == "flooding"
-        time.sleep(3)  # the flood is in full swing: one run in flight, the rest refused
-        times = []
-        for name in ("synthetic_02.png", "synthetic_03.png", "synthetic_04.png"):
+
+    def example_runs(names):
+        out = []
+        for name in names:
             t0 = time.perf_counter()
             b.predict(name, 0.3, api_name="/detect_example")
-            times.append(time.perf_counter() - t0)
+            out.append(time.perf_counter() - t0)
+        return sorted(out)[len(out) // 2]
+
+    example_runs(["synthetic_01.png"])  # this page's first call
+    alone = example_runs(["synthetic_02.png", "synthetic_03.png", "synthetic_04.png"])
+    refused = sum(demo.admission.refused.values())
+    # The flooding page stands for another machine: a little below this process's CPU priority,
+    # enough that its own client work does not dominate 2 shared cores (at +5 it still keeps 11
+    # uploads waiting in Gradio's plain queue: bench/serving.py).
+    flood = subprocess.Popen([sys.executable, str(ROOT / "tests" / "flood_client.py"), url, str(big), "12",
+                              f"{USER}:{PASSWORD}"], stdout=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: os.nice(5))
+    try:
+        assert flood.stdout.readline().strip() == "flooding"
+        t0 = time.time()  # in full swing: every thread has sent an upload (one runs, the rest were refused)
+        while sum(demo.admission.refused.values()) - refused < 12 and time.time() - t0 < 120:
+            time.sleep(0.2)
+        flooded = example_runs(["synthetic_02.png", "synthetic_03.png", "synthetic_04.png"])
     finally:
         flood.terminate()
         counts = flood.communicate(timeout=60)[0]
-    assert sorted(times)[1] < 2.0, times  # the median of three (39 s with Gradio's plain queue)
-    ok = int(counts.split("ok=")[1].split()[0])
-    assert ok >= 1 and sum(demo.admission.refused.values()) - refused >= 12, (counts, demo.admission.refused)
+    assert flooded < 2.0 * max(1.0, alone / 0.5), (flooded, alone)
+    assert "ok=" in counts and sum(demo.admission.refused.values()) - refused >= 12, (counts, demo.admission.refused)
 
 
 def test_ninety_pages_at_once_are_all_queued(server):
@@ -246,7 +262,8 @@ def test_ninety_pages_at_once_are_all_queued(server):
 
     async def main():
         async with httpx.AsyncClient(timeout=60) as c:
-            login(server, c)
+            r = await c.post(url + "login", data={"username": USER, "password": PASSWORD})
+            assert r.status_code == 200, r.text
 
             async def join(session):
                 r = await c.post(url + "gradio_api/queue/join", json={
@@ -254,7 +271,8 @@ def test_ninety_pages_at_once_are_all_queued(server):
                 return session, r.status_code, r.json()
 
             rows = await asyncio.gather(*(join(uuid.uuid4().hex) for _ in range(90)))
-            again = await join(rows[0][0])  # one page asking twice: told to wait, at once
+            waiting = {e.session_hash for e in demo._queue.event_queue_per_concurrency_id[serving.MODEL_QUEUE].queue}
+            again = await join(next(s for s, _, _ in rows if s in waiting))  # a page asking twice: told at once
             for session, status, body in rows:  # nothing is left to run
                 if status == 200:
                     await c.post(url + "gradio_api/cancel", json={"session_hash": session, "fn_index": index,
@@ -312,6 +330,8 @@ def test_model_endpoints_take_only_uploads_and_fetch_nothing(server, monkeypatch
 
 
 def test_errors_are_one_line_for_users_a_traceback_for_bugs_and_show_no_path(server, monkeypatch, caplog, capfd):
+    import httpx
+
     url, demo = server
     c = client(server)
     with caplog.at_level(logging.INFO, logger="ddetr.app"):
@@ -333,12 +353,7 @@ def test_errors_are_one_line_for_users_a_traceback_for_bugs_and_show_no_path(ser
         time.sleep(0.5)
     assert str(ROOT) not in str(e.value) and "cache.bin" in str(e.value)
     assert any(r.exc_info is not None for r in caplog.records)  # the bug's traceback is in the log
-    with httpx_logged_in(server) as h:
-        config = h.get(url + "config").text
+    with httpx.Client(timeout=30) as h:
+        config = login(server, h).get(url + "config").text
     assert "default_model.safetensors" in config and str(ROOT) not in config and os.getcwd() not in config
 
-
-def httpx_logged_in(server):
-    import httpx
-
-    return login(server, httpx.Client(timeout=30))

@@ -186,3 +186,36 @@ def raster_context(r: Raster, table: PointTable, label: bool = True) -> None:
         r.box(table.box_image_px, label=f"{table.label} {table.score:.2f}" if label and table.label else None)
     if table.reference_xy is not None:
         r.cross(table.reference_xy)
+
+
+def read_cells(level_px, valid_wh) -> list[tuple[int, int, float]]:
+    """The feature cells a bilinear sample at ``level_px`` (x, y; cell centres at i + 0.5, as
+    grid_sample with align_corners=False) reads: up to four (column, row, bilinear weight),
+    cells outside the valid map left out (they read zero padding)."""
+    x, y = float(level_px[0]) - 0.5, float(level_px[1]) - 0.5
+    if not (np.isfinite(x) and np.isfinite(y)):
+        return []
+    x0, y0 = int(np.floor(x)), int(np.floor(y))
+    fx, fy = x - x0, y - y0
+    vw, vh = int(round(valid_wh[0])), int(round(valid_wh[1]))
+    out = []
+    for cx, cy, w in ((x0, y0, (1 - fx) * (1 - fy)), (x0 + 1, y0, fx * (1 - fy)),
+                      (x0, y0 + 1, (1 - fx) * fy), (x0 + 1, y0 + 1, fx * fy)):
+        if 0 <= cx < vw and 0 <= cy < vh:
+            out.append((cx, cy, float(w)))
+    return out
+
+
+def raster_cells(r: Raster, capture, table: PointTable, row: int) -> None:
+    """Ring point ``row`` of ``table`` and outline the (up to) four cells of its level that
+    its bilinear sample reads, thicker for a larger bilinear weight."""
+    from . import canvas
+
+    lvl = int(table.level[row])
+    xs, ys = canvas.level_grid_lines(capture.geometry, lvl)
+    for cx, cy, w in read_cells(table.level_px[row], capture.geometry.valid_wh[lvl]):
+        width = 1 + int(round(3 * w))
+        r.box((xs[cx], ys[cy], xs[cx + 1], ys[cy + 1]), color="#FF00FF", width=width)
+    x, y = r._xy(table.image_px[row])[0]
+    d = float(np.max(diameters(table, Selection())[row: row + 1])) + 8
+    r.draw.ellipse([x - d / 2, y - d / 2, x + d / 2, y + d / 2], outline=(255, 255, 255), width=2)

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from . import fastplot as fp
 from . import canvas
 from .overlay import extent, mpl_context, mpl_points, plotly_context, plotly_points, raster_context, raster_points
-from .raster import Raster, display_scale, tile
+from .raster import Panel, Raster, display_scale, tile
 from .selection import PointTable, Selection, decoder_table
 from .style import COLUMN_WIDTH, TEXT_WIDTH, new_figure, paper, style_colorbar
 
@@ -148,6 +148,50 @@ def table_raster(capture, table: PointTable, sel: Selection, scale: float | None
         r.label(4, r.size[1] - 2, level_title(capture, lvl))
         tiles.append(r.array())
     return tile(tiles, rows, cols)
+
+
+def level_image(image: np.ndarray, geometry, level: int) -> np.ndarray:
+    """``canvas.level_picture`` at the image's own size: every pixel shows the colour of the
+    level-``level`` cell that holds it (h, w, 3), so it crops and zooms like the image."""
+    key = ("level_image", level, geometry.spatial_shapes.tobytes(), geometry.valid_ratios.tobytes())
+    cache = canvas.image_cache(image)
+    if key not in cache:
+        w, h = canvas.image_size(image)
+        ix, iy = canvas.level_cells(geometry, level, w, h)
+        cache[key] = canvas.level_picture(image, geometry, level)[iy[:, None], ix[None, :]]
+    return cache[key]
+
+
+def attention_raster(capture, table: PointTable, sel: Selection, panels: list[Panel],
+                     picked: int | None = None) -> np.ndarray:
+    """RGB picture of ``table`` laid out as ``panels`` (``viz.raster.panel_layout``): the image
+    with every level's points (level None), or one panel per level over that level's cells.
+    ``picked``: a row of ``table`` to ring, with the four feature cells its bilinear sample reads."""
+    from .overlay import raster_cells
+
+    image = capture.image
+    W = max(p.left + p.width for p in panels)
+    H = max(p.top + p.height for p in panels)
+    out = np.full((H, W, 3), 255, dtype=np.uint8)
+    font = max(11.0, min(W, H) / 40.0)
+    for p in panels:
+        rect = (p.origin[0], p.origin[1], p.origin[0] + p.width / p.scale, p.origin[1] + p.height / p.scale)
+        crop, _ = canvas.crop(image, rect)
+        mask = None if p.level is None else table.level == p.level
+        if p.level is None:
+            r = Raster(crop, p.scale, origin=p.origin, size=(p.width, p.height), font_px=font)
+        else:
+            pic, _ = canvas.crop(level_image(image, capture.geometry, p.level), rect)
+            r = Raster(crop, p.scale, origin=p.origin, picture=pic, size=(p.width, p.height), font_px=font)
+            r.grid(*canvas.level_grid_lines(capture.geometry, p.level))
+        raster_points(r, table, sel, mask=mask)
+        raster_context(r, table, label=False)
+        if picked is not None and (p.level is None or table.level[picked] == p.level):
+            raster_cells(r, capture, table, picked)
+        if p.level is not None:
+            r.label(4, p.height - 2, level_title(capture, p.level))
+        out[p.top:p.top + p.height, p.left:p.left + p.width] = r.array()
+    return out
 
 
 # ----------------------------------------------------------------------------- decoder query

@@ -6,6 +6,10 @@ every drawing call takes original-image pixels, so a click at display (u, v) is 
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -26,6 +30,61 @@ def to_image_px(u: float, v: float, scale: float) -> tuple[float, float]:
     return (u + 0.5) / scale, (v + 0.5) / scale
 
 
+def fit_scale(w: float, h: float, box: tuple[float, float]) -> float:
+    """The scale that shows a w x h region as large as fits in a ``box`` (width, height) of
+    display pixels: pictures are drawn at the size the browser shows them, never upscaled by it."""
+    return min(float(box[0]) / float(w), float(box[1]) / float(h))
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a picture: display pixels [left, left + width) x [top, top + height) show
+    image pixels from ``origin`` (x, y) at ``scale``; ``level`` is the feature level it shows
+    (None: the image with every level merged)."""
+
+    level: int | None
+    left: int
+    top: int
+    width: int
+    height: int
+    origin: tuple[float, float]
+    scale: float
+
+    def image_point(self, u: float, v: float) -> tuple[float, float] | None:
+        """Display pixel index (u, v) of the whole picture -> image point (pixel centre), or
+        None when (u, v) is outside this panel."""
+        if not (self.left <= u < self.left + self.width and self.top <= v < self.top + self.height):
+            return None
+        return (self.origin[0] + (u - self.left + 0.5) / self.scale,
+                self.origin[1] + (v - self.top + 0.5) / self.scale)
+
+
+def panel_layout(rect, levels, merged: bool, box: tuple[float, float], gap: int = 4) -> list[Panel]:
+    """Panels showing image region ``rect`` (x0, y0, x1, y1) in a picture that fits ``box``:
+    one panel when ``merged``, else one per level in a near-square grid (row-major)."""
+    x0, y0, x1, y1 = (float(v) for v in rect)
+    w, h = x1 - x0, y1 - y0
+    n = 1 if merged else len(levels)
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / cols)
+    scale = fit_scale(w * cols, h * rows, (box[0] - gap * (cols - 1), box[1] - gap * (rows - 1)))
+    pw, ph = max(1, round(w * scale)), max(1, round(h * scale))
+    out = []
+    for i, lvl in enumerate([None] if merged else list(levels)):
+        r, c = divmod(i, cols)
+        out.append(Panel(lvl, c * (pw + gap), r * (ph + gap), pw, ph, (x0, y0), scale))
+    return out
+
+
+@lru_cache(maxsize=16)
+def label_font(size: int):
+    """A scalable font of ``size`` display pixels (Pillow's built-in one when FreeType is there)."""
+    try:
+        return ImageFont.load_default(size=max(8, int(size)))
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
 def _rgb(c) -> tuple[int, int, int]:
     if isinstance(c, str):
         return hex_to_rgb(c)
@@ -36,13 +95,16 @@ class Raster:
     """RGB canvas over an image; coordinates in original-image pixels (edges at integers)."""
 
     def __init__(self, image: np.ndarray, scale: float | None = None, dim: float = 0.0, origin=(0.0, 0.0),
-                 picture: np.ndarray | None = None):
+                 picture: np.ndarray | None = None, size: tuple[int, int] | None = None, font_px: float | None = None):
         """``image`` covers image pixels from ``origin`` (x, y) on (a crop has its corner there);
-        ``picture`` (any size) is shown instead of it, stretched over it with sharp pixels."""
+        ``picture`` (any size) is shown instead of it, stretched over it with sharp pixels.
+        ``size`` (w, h) fixes the display size (else image size x scale); ``font_px`` the label
+        height (else it grows with the picture, 12 px per 600 display px, at least 11)."""
         self.scale = display_scale(image.shape) if scale is None else float(scale)
         self.origin = np.asarray(origin, dtype=np.float64)
         h, w = image.shape[:2]
-        self.size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
+        self.size = size or (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
+        self.font = label_font(round(font_px or max(11.0, max(self.size) / 50.0)))
         if picture is not None:
             base = Image.fromarray(np.ascontiguousarray(picture)).resize(self.size, Image.NEAREST)
         else:
@@ -101,7 +163,7 @@ class Raster:
 
     def label(self, x: float, y: float, text: str) -> None:
         """Text on a dark background, its lower-left corner at display point (x, y)."""
-        font = ImageFont.load_default()
+        font = self.font
         l, t, r, b = self.draw.textbbox((0, 0), text, font=font)
         y = max(y - (b - t) - 4, 0)
         self.draw.rectangle([x, y, x + (r - l) + 4, y + (b - t) + 4], fill=(0, 0, 0))
