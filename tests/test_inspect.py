@@ -100,3 +100,24 @@ def test_worst_images_of_a_report_lead_to_their_files(tmp_path):
     [e] = worst_image_entries(read_stats(tmp_path))
     assert e["path"] == "/data/x/val2017/3.jpg" and e["queries"] == [4, 7] and "1 missed" not in e["summary"]
     assert "2 missed, 1 false positive(s)" in e["summary"]
+
+
+def test_app_inspect_adds_the_worst_images_to_the_examples(tmp_path, capsys):
+    from explorer.cli import inspected_examples
+
+    root = tmp_path / "data"
+    (root / "val2017").mkdir(parents=True)
+    scene = ROOT / "examples" / "synthetic" / "synthetic_00.png"
+    (root / "val2017" / "a.png").write_bytes(scene.read_bytes())
+    images = [{"image_id": 1, "file_name": "a.png", "error": 2.0, "false_positives": [],
+               "missed": [{"closest_query": 3}, {"closest_query": None}]},
+              {"image_id": 2, "file_name": "gone.png", "error": 1.0, "false_positives": [], "missed": [{}]}]
+    images[1]["missed"] = [{"closest_query": None}]
+    (tmp_path / "stats.json").write_text(json.dumps({"dataset": {"root": str(root), "split": "val"},
+                                                     "worst_images": images}))
+    ex = inspected_examples(tmp_path)
+    assert ex["worst"] == {"a.png": root / "val2017" / "a.png"} and "synthetic" in ex
+    err = capsys.readouterr().err
+    assert "a.png: image 1: 2 missed" in err and "queries [3]" in err and "gone.png is not at" in err
+    with pytest.raises(SystemExit, match="no stats.json"):
+        inspected_examples(tmp_path / "nothing")
