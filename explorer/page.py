@@ -106,7 +106,7 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
         c.notice = gr.Markdown("", elem_id="notice")
         with gr.Row(equal_height=False):
             with gr.Column(scale=0, min_width=270, elem_id="sidebar"):
-                _sidebar(c, ex, ex_names, threshold)
+                _sidebar(c, ex, ex_names, threshold, bool(getattr(startup.model, "needs_text", False)))
             with gr.Column(scale=1):
                 _pictures_and_controls(c, cfg)
         with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as c.tabs:
@@ -123,7 +123,10 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
     return demo
 
 
-def _sidebar(c, ex, ex_names, threshold) -> None:
+def _sidebar(c, ex, ex_names, threshold, prompt: bool) -> None:
+    # Open-vocabulary models (Grounding DINO, OmDet-Turbo: ddetr.hf_family) detect what is named here.
+    c.prompt = gr.Textbox(label="Detect (text prompt)", placeholder="cat. remote control.", visible=prompt,
+                          elem_id="prompt", info="Class names separated by '.'; Enter runs the model again.")
     with gr.Accordion("Image: upload or pick an example", open=True, elem_id="image-panel") as c.image_panel:
         c.upload = gr.Image(type="filepath", label="Upload an image", sources=["upload", "clipboard"], height=130,
                             elem_id="upload")

@@ -54,6 +54,7 @@ class Session:
     pending_model: str | None = None  # a checkpoint with missing tensors, waiting for "open anyway"
     cache: dict = field(default_factory=dict)  # derived results (diagnostics, gradients), dropped with the capture
     notes: list[str] = field(default_factory=list)  # what happened to the input (conversions)
+    prompt: str = ""  # what an open-vocabulary model (Grounding DINO, OmDet-Turbo) is asked to detect
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property

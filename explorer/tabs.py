@@ -50,6 +50,8 @@ register(Tab("trajectory", "Refinement", "Iterative box refinement (paper sec. 4
 def draw_proposals(capture, selected: Selected, view) -> Drawn:
     from viz.proposals import proposals_figure
 
+    if "proposals/boxes" not in capture.arrays and capture.meta.get("family"):
+        return Drawn(f"*Encoder proposals are not recorded for transformers models ({capture.meta['variant']}).*")
     if "proposals/boxes" not in capture.arrays:
         return Drawn(f"*This model ({capture.meta['variant']}) is not two-stage: its queries are learned "
                      "embeddings, not encoder proposals.*")
@@ -144,6 +146,9 @@ register(Tab("learn", "Learn", "New to deformable attention? This walks through 
 def draw_gradients(capture, selected: Selected, view) -> Drawn:
     from viz.gradients import gradient_figure
 
+    if capture.meta.get("family"):  # ddetr.gradients differentiates ddetr's own model
+        return Drawn(f"*Gradient maps are computed for Deformable DETR checkpoints; this is a transformers "
+                     f"{capture.meta['variant']} model.*")
     if selected.query is None:
         return Drawn(NEED_QUERY)
     grads = selected.cache.get(("gradients", selected.query))
