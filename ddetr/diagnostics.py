@@ -18,6 +18,7 @@ The numbers are of the small architecture; other models (R50 at 800 px) were not
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
@@ -145,10 +146,18 @@ def _grade(value: float, problem: float, warning: float, high_is_bad: bool) -> s
 
 # ----------------------------------------------------------------------------- the weights
 def attention_modules(model: torch.nn.Module) -> list[tuple[str, int, MSDeformAttn]]:
-    """(part, layer, module) of every deformable attention, encoder first."""
-    t = model.transformer
-    return ([("encoder", i, layer.self_attn) for i, layer in enumerate(t.encoder.layers)]
-            + [("decoder", i, layer.cross_attn) for i, layer in enumerate(t.decoder.layers)])
+    """(part, layer, module) of every deformable attention, encoder first. Other detectors
+    (wrapped transformers families) are searched by module name: ``...encoder...layers.N...``."""
+    t = getattr(model, "transformer", None)
+    if t is not None and hasattr(t, "encoder") and hasattr(t, "decoder"):
+        return ([("encoder", i, layer.self_attn) for i, layer in enumerate(t.encoder.layers)]
+                + [("decoder", i, layer.cross_attn) for i, layer in enumerate(t.decoder.layers)])
+    out = []
+    for name, m in model.named_modules():
+        found = re.search(r"(encoder|decoder)\.layers\.(\d+)\.", name + ".")
+        if isinstance(m, MSDeformAttn) and found:
+            out.append((found.group(1), int(found.group(2)), m))
+    return sorted(out, key=lambda t: (t[0] != "encoder", t[1]))
 
 
 @lru_cache(maxsize=16)
@@ -182,7 +191,10 @@ def head_strength(module: MSDeformAttn) -> np.ndarray:
 
 def level_embed_spread(model: torch.nn.Module) -> float | None:
     """Smallest distance between two level embeddings over their mean norm (None: 1 level)."""
-    e = model.transformer.level_embed.detach().float().cpu()
+    e = getattr(getattr(model, "transformer", None), "level_embed", None)
+    if not isinstance(e, torch.Tensor):
+        return None
+    e = e.detach().float().cpu()
     if e.shape[0] < 2:
         return None
     d = torch.cdist(e, e)[~torch.eye(e.shape[0], dtype=torch.bool)]
