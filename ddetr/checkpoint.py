@@ -7,6 +7,7 @@ Formats (detected from the content, not the file name):
   ``{'state_dict'}`` state dict, ``module.`` prefixes stripped;
 * Hugging Face ``transformers`` DeformableDetrForObjectDetection: a folder (or hub id) with
   ``config.json`` and ``model.safetensors`` / ``pytorch_model.bin``, v4 or v5 key names;
+* mmdetection 3.x ``DeformableDETR`` (``{'meta', 'state_dict', ...}``), see ``checkpoint_mmdet``;
 * ours: one ``.safetensors`` file whose metadata holds the config.
 
 Pickles are read with ``weights_only=True`` allowing exactly one extra global,
@@ -22,7 +23,6 @@ import os
 import pickle
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,7 +30,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import checkpoint_hf as hf
+from . import checkpoint_mmdet as mmdet
 from . import checkpoint_official as official
+from .checkpoint_report import LoadReport, count_weights, file_facts, stored_dtypes, training_info, variant_of
 from .config import PRESET_NAMES, DDETRConfig, variant_name
 from .model import DeformableDETR
 
@@ -41,41 +43,6 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file, the problem and the fix."""
-
-
-@dataclass
-class LoadReport:
-    format: str  # "official" | "transformers" | "ddetr"
-    source: str
-    variant: str
-    config: DDETRConfig
-    num_classes: int
-    label_source: str  # where the class names came from
-    missing_keys: list[str] = field(default_factory=list)  # left at random init (strict=False only)
-    unexpected_keys: list[str] = field(default_factory=list)  # in the file, not used (strict=False only)
-    shared_heads: list[str] = field(default_factory=list)  # module groups that are one module
-    notes: list[str] = field(default_factory=list)  # ambiguities, assumptions, ignored entries
-    strict: bool = True
-
-    def __str__(self) -> str:
-        c = self.config
-        lines = [
-            f"{self.format} checkpoint {self.source}",
-            f"  variant {self.variant}: {c.n_levels} level(s), {c.n_heads} heads, {c.n_points} points, "
-            f"{c.enc_layers}+{c.dec_layers} layers, d_model {c.d_model}, {c.num_queries} queries, "
-            f"backbone {c.backbone}{' (DC5)' if c.dilation else ''}",
-            f"  {self.num_classes} classes; class names: {self.label_source}",
-        ]
-        if self.shared_heads:
-            lines.append("  shared heads: " + "; ".join(self.shared_heads))
-        if self.missing_keys:
-            lines.append(f"  RANDOMLY INITIALIZED ({len(self.missing_keys)} tensors): " + _first(self.missing_keys))
-        if self.unexpected_keys:
-            lines.append(f"  ignored ({len(self.unexpected_keys)} tensors): " + _first(self.unexpected_keys))
-        if not self.missing_keys and not self.unexpected_keys:
-            lines.append("  every tensor loaded" + (" (strict)" if self.strict else ""))
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
 
 
 def _first(keys, n: int = 10) -> str:
@@ -293,7 +260,8 @@ def load(source, *, device="cpu", variant: str | None = None, num_classes: int |
             path = hf.from_hub(src)
         if path.is_file() and path.name == "config.json":
             path = path.parent
-        fmt, cfg, sd, label_source = _read_any(path, variant, notes)
+        facts: dict = {}
+        fmt, cfg, sd, label_source = _read_any(path, variant, notes, facts)
     except CheckpointError:
         raise
     except ValueError as e:  # format knowledge raised without the file name
@@ -310,15 +278,21 @@ def load(source, *, device="cpu", variant: str | None = None, num_classes: int |
         cfg.class_names, label_source = class_names, "class_names argument"
     if variant is not None and variant not in (cfg.variant, variant_name(cfg)):
         raise CheckpointError(f"{path}: variant={variant!r} was asked for, but the file holds a {variant_name(cfg)} model")
+    if cfg.variant == variant_name(cfg):  # named by its flags only (read off the tensors): by its architecture
+        cfg.variant = variant_of(cfg)  # e.g. "small" in every format, not "multi_scale_two_stage" in some
     model = DeformableDETR(cfg)
+    dtype = stored_dtypes(sd)
     missing, unexpected = _assign(model, sd, strict, str(path), notes)
     report = LoadReport(fmt, src, cfg.variant, cfg, cfg.num_classes, label_source, missing, unexpected,
-                        _describe_shared(_alias_groups(model)), notes, strict)
+                        _describe_shared(_alias_groups(model)), notes, strict,
+                        facts.get("size"), facts.get("sha256"), dtype,
+                        count_weights(model), facts.get("training"))
     return model.to(device).eval(), report
 
 
-def _read_any(path: Path, variant: str | None, notes: list[str]):
-    """(format, config, state dict in our keys, label source) for any supported source."""
+def _read_any(path: Path, variant: str | None, notes: list[str], facts: dict):
+    """(format, config, state dict in our keys, label source) for any supported source;
+    ``facts`` receives the weights file's size, SHA-256 and training state."""
     hf_cfg, hf_pre = None, {}
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -336,11 +310,14 @@ def _read_any(path: Path, variant: str | None, notes: list[str]):
             path = found[0]
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty (0 bytes)")
-    args, config, meta = None, None, {}
+    args, config, meta, raw = None, None, {}, None
+    facts["size"], facts["sha256"] = file_facts(path)
     if _sniff_safetensors(path):
         sd, meta = _read_safetensors(path)
     else:
-        sd, args, config = _unwrap(_torch_load(path), path, notes)
+        raw = _torch_load(path)
+        facts["training"] = training_info(raw)
+        sd, args, config = _unwrap(raw, path, notes)
     if meta.get("format") == "ddetr":
         if meta.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: ddetr format version {meta.get('format_version')!r}; this code reads {FORMAT_VERSION!r}")
@@ -356,6 +333,8 @@ def _read_any(path: Path, variant: str | None, notes: list[str]):
         hf_cfg = _read_json(path.parent / "config.json")
     if hf.is_hf_state_dict(sd):
         return hf.build_config(sd, hf_cfg, hf_pre, variant, notes)
+    if mmdet.looks_mmdet(sd):
+        return mmdet.build_config(sd, raw.get("meta") if isinstance(raw, dict) else None, variant, notes)
     if official.looks_official(sd):
         if config is not None:  # a ddetr.train state: our whole config rides along
             return "official", DDETRConfig.from_dict(config), sd, "checkpoint config"
@@ -386,7 +365,8 @@ def save(model: DeformableDETR, path, format: str = "ddetr", *, dtype: torch.dty
          metadata: dict[str, str] | None = None) -> Path:
     """Write ``model`` as "ddetr" (one .safetensors with the config in its metadata),
     "official" (a .pth ``{'model': state_dict, 'args': Namespace}`` the official code loads) or
-    "hf" (a folder transformers' ``from_pretrained`` loads). Writes atomically; returns the path.
+    "hf" (a folder transformers' ``from_pretrained`` loads) or "mmdet" (a .pth ``{'meta',
+    'state_dict'}`` in mmdetection 3.x's DeformableDETR keys). Writes atomically; returns the path.
     "ddetr" only: ``dtype`` stores the floating tensors in that type (float16 halves a file;
     ``load`` casts back to float32), ``metadata`` adds string entries (e.g. a training step)."""
     path = Path(path)
@@ -416,8 +396,11 @@ def save(model: DeformableDETR, path, format: str = "ddetr", *, dtype: torch.dty
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         obj = {"model": sd, "args": official.official_args(model.cfg)}
         _atomic(path, lambda p: torch.save(obj, p))
+    elif format == "mmdet":
+        obj = mmdet.to_mmdet(model)
+        _atomic(path, lambda p: torch.save(obj, p))
     else:
-        raise ValueError(f"format={format!r}; choose 'ddetr', 'official' or 'hf'")
+        raise ValueError(f"format={format!r}; choose 'ddetr', 'official', 'hf' or 'mmdet'")
     return path
 
 

@@ -334,6 +334,7 @@ def hf_config_dict(cfg) -> dict:
         # Without refinement every layer's head is one module (official); with it, they differ.
         tie_word_embeddings=not cfg.with_box_refine,
         id2label={str(i): n for i, n in enumerate(cfg.class_names)},
+        ddetr_variant=cfg.variant,  # our name for it; transformers keeps unknown keys as attributes
         label2id={n: i for i, n in enumerate(cfg.class_names)},
     )
     if cfg.backbone == "resnet50":
@@ -371,7 +372,8 @@ def build_config(sd, hf_cfg: dict | None, hf_pre: dict, variant: str | None, not
             fields["num_classes"] = head.shape[0]
         names, label_source = class_names_from_hf(hf_cfg, fields.get("num_classes", 91))
     cfg = DDETRConfig(**fields, class_names=names)
-    cfg.variant = variant_name(cfg)
+    stated = (hf_cfg or {}).get("ddetr_variant")  # written by our save(format="hf")
+    cfg.variant = stated if isinstance(stated, str) and stated else variant_name(cfg)
     if cfg.with_box_refine and (hf_cfg or {}).get("tie_word_embeddings", True):
         fill_hf_tied_heads(sd, cfg.dec_layers + (1 if cfg.two_stage else 0), notes)
     return "transformers", cfg, sd, label_source

@@ -1,60 +1,90 @@
-"""Checkpoint diagnostics: symptoms of a Deformable DETR that did not (fully) train.
+"""Checkpoint diagnostics: named checks that locate known faults of a Deformable DETR.
 
-Four checks, each pointing at a real training problem:
+Each check reads either the weights (no image needed) or ``AttentionStats`` aggregated over
+several images (``ddetr.attention_stats``), never one image alone, and reports findings
+located at (module, layer, head, level) that say what the symptom means and what to do.
 
-* **offsets at initialization**: ``sampling_offsets`` still holds ``MSDeformAttn.reset_parameters``'
-  values (weight 0, bias = the fixed ring of M directions x P distances). Every query then
-  samples the same pattern around its reference: the layer was never trained (frozen by
-  mistake, a learning-rate multiplier of 0 -- the official code scales the offsets' LR by 0.1
-  via ``--lr_linear_proj_mult`` -- or weights that did not load).
-* **near-uniform heads**: the softmax over L * P is almost flat (entropy close to log(L * P)).
-  ``attention_weights`` starts at 0 (uniform); a head that stays there has learned nothing
-  about *which* of its points matter.
-* **points in padding / outside the image**: sampled values there are zero (the value is
-  masked at padding, grid_sample pads with zeros), so attention mass there is wasted; a large
-  share usually means offsets that diverged, or a model trained at another image size.
-* **starved levels**: a feature level that receives almost no attention mass. The multi-scale
-  model then behaves as a model with fewer levels, often from a broken input projection.
-
-Parameter checks need only the model; the others read what a ``Capture`` recorded (the
-tensors the op consumed), so they describe the model's behaviour on a real image.
+Thresholds are calibrated, not guessed: ``scripts/calibrate_diagnostics.py`` measures every
+signal on healthy checkpoints and on the same weights with each fault of ``ddetr.faults``
+injected, over the ten example images (6 synthetic scenes, 4 photographs). Healthy: the
+shipped model (held-out AP 0.766) and three fine-tunes of it on freshly generated scenes
+(150 steps at lr 1e-4 seed 7, 150 steps at lr 5e-5 seed 8, and a training snapshot after 146
+steps at lr 3e-4 with the offsets' learning rate x10, seed 9); all four get verdict "ok", the
+12 injected faults are each named as a problem at their place, and an untrained model gets
+"problem". The comment above each threshold gives the measured healthy range and fault
+values; each threshold sits in the gap, "warning" on the healthy side, "problem" beyond.
+The numbers are of the small architecture; other models (R50 at 800 px) were not measured.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import html
+import re
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import numpy as np
 import torch
 
 from .attention import MSDeformAttn
+from .attention_stats import AttentionStats
 
-# A trained layer moves its offsets by several level pixels; float noise is far below 1e-4.
-AT_INIT_REL = 1e-3  # relative change of the offsets below this: still at initialization
-BARELY_MOVED_REL = 2e-2  # below this: moved, but hardly (warning)
-# Normalized entropy H / log(L * P): 1 is uniform. Trained heads sit around 0.5 - 0.85.
-UNIFORM_ENTROPY = 0.98
-# Share of attention mass on points outside the valid image (weighted by attention).
-PADDING_WARN, PADDING_PROBLEM = 0.3, 0.5
-# A level whose mean attention mass is below this fraction of the uniform share 1 / L.
-STARVED_LEVEL_FRACTION = 0.1
-# Queries examined in the decoder: those behind the best detections (what a user looks at).
-DECODER_QUERIES = 20
+# --- thresholds, each with the measurement it came from (scripts/calibrate_diagnostics.py) ---
+# offsets_at_init: (||W||_F + ||b - b0||) / ||b0|| of sampling_offsets, smallest layer.
+# Healthy 0.0118-0.0212; offsets reset (and untrained): exactly 0.
+OFFSETS_PROBLEM, OFFSETS_WARNING = 1e-3, 4e-3
+# uniform_heads: per-head mean normalized entropy (1 = uniform), largest head. Healthy
+# 0.888-0.898; zeroed attention_weights (and untrained): 1.000.
+UNIFORM_PROBLEM, UNIFORM_WARNING = 0.98, 0.95
+# dead_heads: a head's value_proj rows / output_proj columns norm over the median head's,
+# weakest head. Healthy 0.960-0.961 (xavier init: 0.979); zeroed value rows: 0.
+DEAD_PROBLEM, DEAD_WARNING = 0.05, 0.3
+# starved_levels: mean share of a layer's attention mass on one level, smallest. Healthy
+# encoder 0.090-0.096, decoder 0.0010-0.0030 (decoder layer 0 barely reads level 3, yet the
+# model scores AP 0.766; one image alone: >= 2.9e-4); logits pushed by -20: 1.2e-9 (encoder),
+# 9.1e-8 (decoder).
+STARVED_PROBLEM, STARVED_WARNING = 1e-5, 1e-4
+# points_outside: share of attention mass on points in padding or outside the map, per part,
+# largest layer. Encoder tokens near the border of the coarse levels always sample outside:
+# healthy 0.459-0.499, untrained 0.331, offsets x20 in encoder layer 0: 0.948. Decoder queries
+# sample around their objects: healthy 0.012-0.017, untrained 0.162, offsets x20: 0.768.
+OUTSIDE = {"encoder": (0.8, 0.65), "decoder": (0.3, 0.1)}  # (problem, warning)
+# level_embed_collapsed: smallest distance between two level embeddings / their mean norm.
+# Healthy 1.302-1.303 (random normal init: 1.30); rows set to their mean: 0.
+LEVEL_EMBED_PROBLEM, LEVEL_EMBED_WARNING = 0.05, 0.3
+# references_saturated: share of a decoder layer's queries with a reference coordinate within
+# 1e-3 of 0 or 1. Healthy 0.000; box head centre bias +30: 1.000.
+SATURATED_PROBLEM, SATURATED_WARNING = 0.5, 0.1
+# class_head_silent: best detection score over the images. Healthy 0.822-0.890; untrained
+# 0.028 (the prior 0.01); class bias -20: 1.4e-8.
+SILENT_PROBLEM, SILENT_WARNING = 0.1, 0.3
 
+CALIBRATED_ON = "small"  # the architecture the numbers above were measured on
 SEVERITIES = ("ok", "warning", "problem")
+CHECKS = ("offsets_at_init", "uniform_heads", "dead_heads", "starved_levels", "points_outside",
+          "level_embed_collapsed", "references_saturated", "class_head_silent")
 
 
 @dataclass
 class Finding:
-    """One result: ``check`` names the test, ``where`` the layer/head/level, ``value`` the number
-    the verdict was based on, ``message`` what it means and what to do."""
+    """One located result; the fields are the JSON contract of ``python -m ddetr.diagnose``."""
 
-    check: str  # "offsets_at_init" | "weights_at_init" | "uniform_heads" | "points_outside" | "starved_levels"
+    check: str
     severity: str  # "ok" | "warning" | "problem"
-    where: str
-    value: float
-    message: str
+    module: str  # "encoder" | "decoder" | "model"
+    layer: int | None
+    head: int | None
+    level: int | None
+    value: float  # the number the verdict is based on
+    message: str  # what it means and what to do
+
+    @property
+    def where(self) -> str:
+        if self.module == "model" and self.layer is None:
+            return "model"
+        parts = [self.module if self.layer is None else f"{self.module} layer {self.layer}"]
+        parts += [f"head {self.head}"] if self.head is not None else []
+        parts += [f"level {self.level}"] if self.level is not None else []
+        return ", ".join(parts)
 
 
 @dataclass
@@ -69,6 +99,12 @@ class Diagnostics:
     def worst(self) -> str:
         return max((f.severity for f in self.findings), key=SEVERITIES.index, default="ok")
 
+    verdict = worst
+
+    def to_json(self, checkpoint: str) -> dict:
+        return {"checkpoint": checkpoint, "verdict": self.verdict,
+                "findings": [dict(asdict(f), value=float(f.value)) for f in self.findings]}
+
     def to_markdown(self) -> str:
         """A short verdict, then problems and warnings, then what passed and the notes."""
         icon = {"ok": "OK", "warning": "WARNING", "problem": "PROBLEM"}
@@ -81,30 +117,47 @@ class Diagnostics:
         lines += [f"- note: {n}" for n in self.notes]
         return "\n".join(lines)
 
+    def to_html(self, title: str, report: str | None = None) -> str:
+        """A self-contained page (no scripts, no external resources); ``report``: the loading
+        report's text, shown under the findings."""
+        colour = {"ok": "#2e7d32", "warning": "#b26a00", "problem": "#c62828"}
+        rows = "".join(
+            f"<tr><td style='color:{colour[f.severity]}'><b>{f.severity.upper()}</b></td><td><code>{f.check}</code></td>"
+            f"<td>{html.escape(f.where)}</td><td>{f.value:.4g}</td><td>{html.escape(f.message)}</td></tr>"
+            for sev in ("problem", "warning", "ok") for f in self.of(sev))
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 8px;border-bottom:1px solid #ddd;"
+                "vertical-align:top}table{border-collapse:collapse}</style></head><body>"
+                f"<h1>Diagnostics: {html.escape(title)}</h1><p>Verdict: <b style='color:{colour[self.worst]}'>"
+                f"{self.worst.upper()}</b></p><table><tr><th>severity</th><th>check</th><th>where</th><th>value</th>"
+                f"<th>meaning</th></tr>{rows}</table><ul>{notes}</ul>"
+                + (f"<h2>Checkpoint</h2><pre>{html.escape(report)}</pre>" if report else "") + "</body></html>")
+
     def __str__(self) -> str:
         return self.to_markdown().replace("**", "").replace("`", "")
 
 
-# ----------------------------------------------------------------------------- the model
-def _attention_modules(model: torch.nn.Module) -> list[tuple[str, MSDeformAttn]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, MSDeformAttn)]
+def _grade(value: float, problem: float, warning: float, high_is_bad: bool) -> str:
+    if high_is_bad:
+        return "problem" if value >= problem else "warning" if value >= warning else "ok"
+    return "problem" if value <= problem else "warning" if value <= warning else "ok"
 
 
-def _pretty(name: str) -> str:
-    """"transformer.encoder.layers.2.self_attn" -> "encoder layer 2"."""
-    parts = name.split(".")
-    if "encoder" in parts and "layers" in parts:
-        return f"encoder layer {parts[parts.index('layers') + 1]}"
-    if "decoder" in parts and "layers" in parts:
-        return f"decoder layer {parts[parts.index('layers') + 1]}"
-    return name
-
-
-def _layers(names: list[str], total: int) -> str:
-    """Module names -> "all 6 attention layers" or "encoder layer 0, decoder layer 2"."""
-    if len(names) == total and total > 1:
-        return f"all {total} attention layers"
-    return ", ".join(_pretty(n) for n in names)
+# ----------------------------------------------------------------------------- the weights
+def attention_modules(model: torch.nn.Module) -> list[tuple[str, int, MSDeformAttn]]:
+    """(part, layer, module) of every deformable attention, encoder first. Other detectors
+    (wrapped transformers families) are searched by module name: ``...encoder...layers.N...``."""
+    t = getattr(model, "transformer", None)
+    if t is not None and hasattr(t, "encoder") and hasattr(t, "decoder"):
+        return ([("encoder", i, layer.self_attn) for i, layer in enumerate(t.encoder.layers)]
+                + [("decoder", i, layer.cross_attn) for i, layer in enumerate(t.decoder.layers)])
+    out = []
+    for name, m in model.named_modules():
+        found = re.search(r"(encoder|decoder)\.layers\.(\d+)\.", name + ".")
+        if isinstance(m, MSDeformAttn) and found:
+            out.append((found.group(1), int(found.group(2)), m))
+    return sorted(out, key=lambda t: (t[0] != "encoder", t[1]))
 
 
 @lru_cache(maxsize=16)
@@ -125,171 +178,219 @@ def offset_change(module: MSDeformAttn) -> float:
     return float((w.norm() + (b - b0).norm()) / b0.norm())
 
 
+def head_strength(module: MSDeformAttn) -> np.ndarray:
+    """(M,) per head: the smaller of its value_proj rows' and output_proj columns' norms,
+    each over the median head's. ~1 for trained and freshly initialized heads; 0 for a head
+    whose values (or whose output) are zero."""
+    M, D = module.n_heads, module.d_model // module.n_heads
+    v = module.value_proj.weight.detach().float().cpu().view(M, D, -1).norm(dim=(1, 2))
+    o = module.output_proj.weight.detach().float().cpu().view(-1, M, D).norm(dim=(0, 2))
+    rel = [x / max(float(x.median()), 1e-12) for x in (v, o)]
+    return torch.minimum(*rel).numpy()
+
+
+def level_embed_spread(model: torch.nn.Module) -> float | None:
+    """Smallest distance between two level embeddings over their mean norm (None: 1 level)."""
+    e = getattr(getattr(model, "transformer", None), "level_embed", None)
+    if not isinstance(e, torch.Tensor):
+        return None
+    e = e.detach().float().cpu()
+    if e.shape[0] < 2:
+        return None
+    d = torch.cdist(e, e)[~torch.eye(e.shape[0], dtype=torch.bool)]
+    return float(d.min() / max(float(e.norm(dim=1).mean()), 1e-12))
+
+
 def check_parameters(model: torch.nn.Module) -> list[Finding]:
-    """Offsets and attention-weight projections compared with their initialization."""
-    out = []
-    mods = _attention_modules(model)
-    changes = [(name, offset_change(m)) for name, m in mods]
-    at_init = [n for n, c in changes if c < AT_INIT_REL]
-    barely = [n for n, c in changes if AT_INIT_REL <= c < BARELY_MOVED_REL]
-    if at_init:
-        c = max(c for n, c in changes if n in at_init)
-        out.append(Finding("offsets_at_init", "problem", _layers(at_init, len(changes)), c,
-                           f"sampling offsets are still at their initialization (relative change <= {c:.1e}): "
-                           "every query samples the same fixed ring of points. The layer was not trained "
-                           "(frozen, zero learning rate for `sampling_offsets`) or its weights did not load."))
-    if barely:
-        c = max(c for n, c in changes if n in barely)
-        out.append(Finding("offsets_at_init", "warning", _layers(barely, len(changes)), c,
-                           f"sampling offsets barely moved from initialization (relative change <= {c:.1e}); "
-                           "train longer or check the learning rate of `sampling_offsets`."))
-    if not at_init and not barely and changes:
-        lo = min(c for _, c in changes)
-        out.append(Finding("offsets_at_init", "ok", f"all {len(changes)} attention layers", lo,
-                           f"sampling offsets moved away from initialization (smallest relative change {lo:.2g})."))
-    zero_w = []
-    for n, m in mods:
-        w, b = m.attention_weights.weight.detach(), m.attention_weights.bias.detach()
-        if float(w.abs().max()) == 0.0 and float(b.abs().max()) == 0.0:
-            zero_w.append(n)
-    if zero_w:
-        out.append(Finding("weights_at_init", "problem", _layers(zero_w, len(mods)), float(len(zero_w)),
-                           "attention-weight projection is exactly zero (its initialization): every point gets "
-                           "weight 1 / (L * P). The layer was never trained or did not load."))
+    """Weight checks: offsets_at_init, uniform_heads (zero projection), dead_heads,
+    level_embed_collapsed."""
+    out: list[Finding] = []
+    mods = attention_modules(model)
+    worst_offset, worst_head = float("inf"), float("inf")
+    for part, i, m in mods:
+        c = offset_change(m)
+        worst_offset = min(worst_offset, c)
+        sev = _grade(c, OFFSETS_PROBLEM, OFFSETS_WARNING, high_is_bad=False)
+        if sev != "ok":
+            out.append(Finding("offsets_at_init", sev, part, i, None, None, c,
+                               f"sampling offsets {'are still at' if sev == 'problem' else 'barely moved from'} their "
+                               f"initialization (relative change {c:.1e}; trained layers measure >= 0.0118): every query "
+                               "samples the same fixed ring of points. The layer was not trained (frozen, zero learning "
+                               "rate for `sampling_offsets`) or its weights did not load."))
+        a = float(m.attention_weights.weight.detach().abs().max() + m.attention_weights.bias.detach().abs().max())
+        if a == 0.0:
+            out.append(Finding("uniform_heads", "problem", part, i, None, None, 1.0,
+                               "the attention-weight projection is exactly zero (its initialization): every point gets "
+                               "weight 1 / (L * P) in every head. The layer was never trained or did not load."))
+        strength = head_strength(m)
+        worst_head = min(worst_head, float(strength.min()))
+        for h in range(len(strength)):
+            sev = _grade(float(strength[h]), DEAD_PROBLEM, DEAD_WARNING, high_is_bad=False)
+            if sev != "ok":
+                out.append(Finding("dead_heads", sev, part, i, h, None, float(strength[h]),
+                                   f"head {h}'s value projection (or its share of the output projection) has "
+                                   f"{strength[h]:.0%} of the median head's norm: the head contributes "
+                                   f"{'nothing' if sev == 'problem' else 'little'} to the layer's output, whatever it "
+                                   "samples. Check for pruning or masking gone wrong, or weights that did not load."))
+    if mods and not any(f.check == "offsets_at_init" for f in out):
+        out.append(Finding("offsets_at_init", "ok", "model", None, None, None, worst_offset,
+                           f"sampling offsets of all {len(mods)} attention layers moved from their initialization "
+                           f"(smallest relative change {worst_offset:.3g})."))
+    if mods and not any(f.check == "dead_heads" for f in out):
+        out.append(Finding("dead_heads", "ok", "model", None, None, None, worst_head,
+                           f"every head has value and output weights (weakest head {worst_head:.0%} of the median)."))
+    spread = level_embed_spread(model)
+    if spread is not None:
+        sev = _grade(spread, LEVEL_EMBED_PROBLEM, LEVEL_EMBED_WARNING, high_is_bad=False)
+        msg = (f"level embeddings are distinct (closest pair {spread:.2f} of their norm)." if sev == "ok" else
+               f"level embeddings are (nearly) identical (closest pair {spread:.2g} of their norm): the encoder "
+               "cannot tell which scale a token comes from. Check `transformer.level_embed` loaded and is trained.")
+        out.append(Finding("level_embed_collapsed", sev, "encoder", None, None, None, spread, msg))
     return out
 
 
-# ----------------------------------------------------------------------------- a capture
-def normalized_entropy(weights: np.ndarray) -> np.ndarray:
-    """weights (..., L, P), summing to 1 over (L, P) -> (...,) entropy / log(L * P) in [0, 1]."""
-    w = np.asarray(weights, dtype=np.float64).reshape(*weights.shape[:-2], -1)
-    w = w / np.maximum(w.sum(-1, keepdims=True), 1e-12)  # float16 storage: renormalize
-    h = -(w * np.log(np.clip(w, 1e-12, None))).sum(-1)
-    return h / math.log(w.shape[-1]) if w.shape[-1] > 1 else np.zeros_like(h)
-
-
-def outside_mass(locations: np.ndarray, weights: np.ndarray, valid_ratios: np.ndarray) -> tuple[float, float]:
-    """Share of attention mass on points in padding and on points outside the padded map.
-
-    locations (N, M, L, P, 2) op frame (x first, [0, 1] of each level's padded map);
-    weights (N, M, L, P); valid_ratios (L, 2) as (w, h). A point is in the image when
-    0 <= u <= valid_ratio on both axes; in padding when inside [0, 1] but not in the image;
-    outside otherwise. Returns (padding share, outside share), each in [0, 1].
-    """
-    u = np.asarray(locations, dtype=np.float64)
-    vr = np.asarray(valid_ratios, dtype=np.float64)[None, None, :, None, :]  # (1, 1, L, 1, 2)
-    w = np.asarray(weights, dtype=np.float64)
-    in_map = ((u >= 0) & (u <= 1)).all(-1)
-    in_image = ((u >= 0) & (u <= vr)).all(-1)
-    total = max(w.sum(), 1e-12)
-    return float(w[in_map & ~in_image].sum() / total), float(w[~in_map].sum() / total)
-
-
-def level_mass(weights: np.ndarray) -> np.ndarray:
-    """weights (N, M, L, P) -> (L,) mean share of attention mass each level receives."""
-    w = np.asarray(weights, dtype=np.float64)
-    per = w.sum(-1)  # (N, M, L)
-    per = per / np.maximum(per.sum(-1, keepdims=True), 1e-12)
-    return per.mean((0, 1))
-
-
-def _rows(capture, part: str, layer: int) -> tuple[dict, str]:
-    """Sampling of the rows worth judging: valid encoder tokens / queries of the best detections."""
-    if part == "encoder":
-        valid = ~capture.arrays["padding_mask"].astype(bool)
-        s = capture.sampling("encoder", layer)
-        return {k: (v[valid] if v is not None else None) for k, v in s.items()}, f"{int(valid.sum())} image tokens"
-    qi = capture.arrays["dec/query_index"]
-    det_q = capture.arrays["det/query_index"]
-    wanted = list(dict.fromkeys(int(q) for q in det_q[:DECODER_QUERIES]))
-    pos = [int(np.flatnonzero(qi == q)[0]) for q in wanted if (qi == q).any()]
-    if not pos:
-        pos = list(range(len(qi)))
-        desc = f"all {len(pos)} stored queries"
-    else:
-        desc = f"the queries of the {len(pos)} best detections"
-    return capture.sampling("decoder", layer, np.asarray(pos)), desc
+# ----------------------------------------------------------------------------- behaviour
+def check_stats(stats: AttentionStats) -> list[Finding]:
+    """Behaviour checks over the images folded into ``stats``: uniform_heads, starved_levels,
+    points_outside, references_saturated, class_head_silent."""
+    out: list[Finding] = []
+    n = stats.images
+    over = f"over {n} image(s)"
+    max_ent, min_mass, max_out = 0.0, 1.0, 0.0
+    for part, i in stats.keys():
+        s = stats.layer(part, i)
+        rows = "image tokens" if part == "encoder" else "queries of the best detections"
+        ent = s["entropy"]
+        if s["mass"].size > 1:
+            max_ent = max(max_ent, float(ent.max()))
+            flat = np.flatnonzero(ent >= UNIFORM_WARNING)
+            # A whole layer is one finding (one cause: its projection), a few heads one each.
+            for h in ([None] if len(flat) == len(ent) else flat):
+                e = float(ent.min() if h is None else ent[h])
+                sev = _grade(e, UNIFORM_PROBLEM, UNIFORM_WARNING, high_is_bad=True)
+                who = "every head" if h is None else f"head {h}"
+                out.append(Finding("uniform_heads", sev, part, i, None if h is None else int(h), None, e,
+                                   f"{who} attends almost uniformly (normalized entropy {e:.3f}, 1 = uniform; "
+                                   f"trained heads measure <= 0.90) {over}, {rows}: no point is picked out. The "
+                                   "attention-weight projection is untrained, zeroed or did not load."))
+        lm = s["level_mass"]
+        if lm.size > 1:
+            min_mass = min(min_mass, float(lm.min()))
+            for lv in np.flatnonzero(lm <= STARVED_WARNING):
+                sev = _grade(float(lm[lv]), STARVED_PROBLEM, STARVED_WARNING, high_is_bad=False)
+                out.append(Finding("starved_levels", sev, part, i, None, int(lv), float(lm[lv]),
+                                   f"level {lv} receives {lm[lv]:.1e} of the attention mass {over} (trained layers give "
+                                   "every level >= 1e-3): the layer ignores that scale. Its attention logits for the "
+                                   "level are pushed down (check `attention_weights` bias), or the level's input "
+                                   "projection is broken."))
+        wasted = float(s["wasted"].mean())
+        max_out = max(max_out, wasted)
+        sev = _grade(wasted, *OUTSIDE[part], high_is_bad=True)
+        if sev != "ok":
+            worst = int(np.argmax(s["wasted"]))
+            out.append(Finding("points_outside", sev, part, i, None, None, wasted,
+                               f"{wasted:.0%} of the attention mass falls in padding ({s['padding'].mean():.0%}) or "
+                               f"outside the feature maps ({s['outside'].mean():.0%}) {over}, where sampled values are "
+                               f"zero (worst head {worst}: {s['wasted'][worst]:.0%}; trained {part} layers waste "
+                               f"<= {'50% (border tokens of the coarse levels)' if part == 'encoder' else '2%'}). The "
+                               "offsets are too large: diverged training, a wrong offset scale, or a model run at "
+                               "another image size."))
+    if stats.keys():
+        if not any(f.check == "uniform_heads" for f in out):
+            out.append(Finding("uniform_heads", "ok", "model", None, None, None, max_ent,
+                               f"every head picks out points (largest normalized entropy {max_ent:.2f}) {over}."))
+        if not any(f.check == "starved_levels" for f in out):
+            out.append(Finding("starved_levels", "ok", "model", None, None, None, min_mass,
+                               f"every level receives attention in every layer (smallest share {min_mass:.1e}) {over}."))
+        if not any(f.check == "points_outside" for f in out):
+            out.append(Finding("points_outside", "ok", "model", None, None, None, max_out,
+                               f"at most {max_out:.0%} of a layer's attention mass falls outside the image {over}."))
+    sat = stats.saturation()
+    for i, v in sat.items():
+        sev = _grade(v, SATURATED_PROBLEM, SATURATED_WARNING, high_is_bad=True)
+        if sev != "ok":
+            out.append(Finding("references_saturated", sev, "decoder", i, None, None, v,
+                               f"{v:.0%} of the queries entering decoder layer {i} have a reference coordinate at 0 or 1 "
+                               f"{over}: the sigmoid is saturated, so the layer samples at the image border and box "
+                               "refinement cannot move them back. Check the box head feeding this layer (its bias) or "
+                               "the reference-point / proposal head."))
+    if sat and not any(f.check == "references_saturated" for f in out):
+        v = max(sat.values())
+        out.append(Finding("references_saturated", "ok", "model", None, None, None, v,
+                           f"reference points stay inside the image (at most {v:.0%} saturated) {over}."))
+    if n:
+        top = stats.top_score_max
+        sev = _grade(top, SILENT_PROBLEM, SILENT_WARNING, high_is_bad=False)
+        msg = (f"the class head fires (best score {top:.2f}) {over}." if sev == "ok" else
+               f"the class head never fires: the best detection score {over} is {top:.2g} (trained models reach "
+               "0.82-0.89 on the example images, an untrained one 0.03). The class head is untrained, its bias is pushed "
+               "down, or the images are far from what the model was trained on.")
+        last = max((i for p, i in stats.keys() if p == "decoder"), default=None)  # the layer that scores
+        out.append(Finding("class_head_silent", sev, "decoder" if sev != "ok" else "model",
+                           last if sev != "ok" else None, None, None, top, msg))
+    return out
 
 
 def check_capture(capture) -> tuple[list[Finding], list[str]]:
-    """Heads, padding and levels, layer by layer, from what the capture stored."""
-    findings, notes = [], []
-    g = capture.geometry
-    L = g.n_levels
-    parts = [("encoder", i) for i in capture.encoder_layers] + [("decoder", i) for i in capture.decoder_layers]
-    if not parts:
-        notes.append("the capture holds no sampling data: heads, padding and levels were not checked")
-    uniform_ok, pad_ok, level_ok, all_flat = [], [], [], []
-    for part, layer in parts:
-        s, desc = _rows(capture, part, layer)
-        where = f"{part} layer {layer}"
-        w = s["weights"]
-        if w.shape[0] == 0:
-            continue
-        M = w.shape[1]
-        if w.shape[-1] * w.shape[-2] > 1:
-            ent = normalized_entropy(w).mean(0)  # (M,)
-            flat = [m for m in range(M) if ent[m] > UNIFORM_ENTROPY]
-            if len(flat) == M:
-                all_flat.append((where, float(ent.mean())))
-            elif flat:
-                findings.append(Finding("uniform_heads", "warning", where, float(ent[flat].mean()),
-                                        f"head(s) {', '.join(map(str, flat))} of {M} attend almost uniformly "
-                                        f"(entropy {ent[flat].mean():.3f} of the maximum log(L*P), over {desc}): "
-                                        "they do not pick out points."))
-            else:
-                uniform_ok.append(float(ent.max()))
-        pad, out = outside_mass(s["locations"], w, g.valid_ratios)
-        wasted = pad + out
-        if wasted > PADDING_WARN:
-            sev = "problem" if wasted > PADDING_PROBLEM else "warning"
-            findings.append(Finding("points_outside", sev, where, wasted,
-                                    f"{wasted:.0%} of the attention mass falls in padding ({pad:.0%}) or outside the "
-                                    f"feature map ({out:.0%}) over {desc}, where sampled values are zero. Offsets "
-                                    "may have diverged, or the model was trained at another image size."))
-        else:
-            pad_ok.append(wasted)
-        if L > 1:
-            mass = level_mass(w)
-            starved = [lv for lv in range(L) if mass[lv] < STARVED_LEVEL_FRACTION / L]
-            if starved:
-                findings.append(Finding("starved_levels", "warning", where, float(mass[starved].min()),
-                                        f"level(s) {', '.join(map(str, starved))} receive almost no attention "
-                                        f"({', '.join(f'{mass[lv]:.1%}' for lv in starved)} of the mass; uniform would be "
-                                        f"{1 / L:.0%}): the model ignores that scale. Check its input projection."))
-            else:
-                level_ok.append(float(mass.min()))
-    if all_flat:
-        e = min(v for _, v in all_flat)
-        where = (f"all {len(parts)} captured layers" if len(all_flat) == len(parts) > 1
-                 else ", ".join(w for w, _ in all_flat))
-        findings.insert(0, Finding("uniform_heads", "problem", where, e,
-                                   f"every head attends almost uniformly (normalized entropy >= {e:.3f}; 1 is "
-                                   "uniform): no head picks out points. Typical of an untrained or collapsed model."))
-    if uniform_ok:
-        findings.append(Finding("uniform_heads", "ok", f"{len(uniform_ok)} layer(s)", max(uniform_ok),
-                                f"no head is near-uniform (largest normalized entropy {max(uniform_ok):.2f})."))
-    if pad_ok:
-        findings.append(Finding("points_outside", "ok", f"{len(pad_ok)} layer(s)", max(pad_ok),
-                                f"at most {max(pad_ok):.0%} of the attention mass falls outside the image."))
-    if level_ok:
-        findings.append(Finding("starved_levels", "ok", f"{len(level_ok)} layer(s)", min(level_ok),
-                                f"every level receives attention (smallest share {min(level_ok):.1%})."))
+    """Behaviour checks of a single capture (prefer ``check_stats`` over several images)."""
+    stats = AttentionStats()
+    stats.add(capture)
+    notes = ["judged on one image; `python -m ddetr.diagnose` aggregates over several"]
     notes += [f"not checked: {s}" for s in capture.left_out if "layer" in s]
-    return findings, notes
+    if not stats.keys():
+        notes.append("the capture holds no sampling data: heads, padding and levels were not checked")
+    return check_stats(stats), notes
 
 
-def diagnose(model: torch.nn.Module | None = None, capture=None) -> Diagnostics:
-    """All checks that the inputs allow: parameters from ``model``, behaviour from ``capture``."""
+def diagnose(model: torch.nn.Module | None = None, stats: AttentionStats | None = None) -> Diagnostics:
+    """All checks that the inputs allow: weights from ``model``, behaviour from ``stats``
+    (an ``AttentionStats`` or a single ``Capture``)."""
     d = Diagnostics()
     if model is not None:
         d.findings += check_parameters(model)
+        from .checkpoint_report import variant_of
+
+        if variant_of(model.cfg) != CALIBRATED_ON:
+            d.notes.append(f"thresholds were calibrated on the {CALIBRATED_ON} architecture; on a "
+                           f"{variant_of(model.cfg)} model treat warnings as hints (problems are faults that "
+                           "leave no doubt: zeros, logits at -20, saturation)")
     else:
-        d.notes.append("no model given: parameter checks skipped")
-    if capture is not None:
-        f, n = check_capture(capture)
+        d.notes.append("no model given: weight checks skipped")
+    if stats is None:
+        d.notes.append("no images run yet: heads, levels, padding, references and scores not checked")
+        return d
+    elif isinstance(stats, AttentionStats):
+        d.findings += check_stats(stats)
+    else:
+        f, n = check_capture(stats)
         d.findings += f
         d.notes += n
-    else:
-        d.notes.append("no capture yet: run the model on an image to check heads, padding and levels")
+    # A zero projection is reported by the weights; its uniform behaviour is the same finding.
+    zero = {(f.module, f.layer) for f in d.findings if f.check == "uniform_heads" and f.head is None}
+    seen, kept = set(), []
+    for f in d.findings:
+        key = (f.check, f.module, f.layer, f.head, f.level)
+        if key in seen or (f.check == "uniform_heads" and f.head is not None and (f.module, f.layer) in zero):
+            continue
+        seen.add(key)
+        kept.append(f)
+    d.findings = kept
     return d
+
+
+def measure(model: torch.nn.Module, images, *, progress=None) -> AttentionStats:
+    """Run ``model`` on each image under a full float32 capture and fold it into stats.
+    ``images``: an iterable of anything ``model.predict`` accepts (one at a time, so memory
+    stays that of one capture)."""
+    from .capture import capture
+
+    stats = AttentionStats()
+    for img in images:
+        with capture(model, max_bytes=None, dtype=torch.float32) as s:
+            model.predict(img)
+        stats.add(s.captures[0])
+        if progress is not None:
+            progress()
+    return stats
+
+

@@ -4,6 +4,7 @@
     python app.py --checkpoint r50.pth          # any format ddetr.checkpoint.load knows
     python app.py --checkpoint-dir runs/        # a dropdown of the checkpoints found there
     python app.py --random-weights              # an untrained `small` model, clearly labelled
+    python app.py --inspect runs/inspect        # a ddetr.inspect report's worst images, to drill into
     python app.py --host 0.0.0.0 --auth-file users.txt   # on the network, behind a login
 """
 from __future__ import annotations
@@ -106,6 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                          "also a transformers RT-DETR, Grounding DINO, ... folder: ddetr.hf_family); "
                                          f"default {_shown(DEFAULT_CHECKPOINT)}")
     ap.add_argument("--checkpoint-dir", help="offer the checkpoints found in this folder in a dropdown")
+    ap.add_argument("--inspect", metavar="DIR", help="a folder written by `python -m ddetr.inspect`: its worst "
+                    "images join the examples (group 'worst') to drill into")
     ap.add_argument("--random-weights", action="store_true",
                     help="start with a randomly initialized `small` model (clearly labelled) instead of a checkpoint")
     ap.add_argument("--seed", type=int, default=0, help="seed of --random-weights")
@@ -144,8 +147,37 @@ def make_demo(args):
             raise SystemExit(str(e))
         if not checkpoints:
             print(f"note: no checkpoints found in {args.checkpoint_dir}", file=sys.stderr)
-    return build_demo(startup, checkpoints=checkpoints, device=args.device, max_sessions=args.max_sessions,
-                      max_bytes=args.max_memory_mb << 20)
+    return build_demo(startup, examples=inspected_examples(args.inspect), checkpoints=checkpoints,
+                      device=args.device, max_sessions=args.max_sessions, max_bytes=args.max_memory_mb << 20)
+
+
+def inspected_examples(folder) -> dict | None:
+    """The shipped examples plus, with --inspect DIR, the inspection's worst images (group
+    'worst'), listed on the console with what went wrong and the queries to look at."""
+    if not folder:
+        return None
+    from ddetr.inspect_report import read_stats, worst_image_entries
+    from explorer.examples import find_examples
+
+    try:
+        entries = worst_image_entries(read_stats(folder))
+    except ValueError as e:
+        raise SystemExit(f"--inspect {folder}: {e}")
+    ex = find_examples()
+    taken = {n for items in ex.values() for n in items}
+    worst = {}
+    for e in entries:
+        path = Path(e["path"])
+        if not path.is_file():
+            print(f"note: --inspect: {path.name} is not at {path.parent} (moved dataset?); skipped", file=sys.stderr)
+            continue
+        name = path.name if path.name not in taken else f"worst-{e['image_id']}-{path.name}"
+        worst[name] = path
+        print(f"worst: {name}: {e['summary']}; queries {e['queries']}", file=sys.stderr)
+    if not worst:
+        raise SystemExit(f"--inspect {folder}: none of its worst images is on this machine")
+    ex["worst"] = worst
+    return ex
 
 
 def main(argv=None) -> None:

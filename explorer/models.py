@@ -30,6 +30,7 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     runs: int = 0  # forward passes made (tests check that views never run the model)
     param_findings: list | None = None  # ddetr.diagnostics.check_parameters, computed once
+    examples_diagnostics: object | None = None  # ddetr.diagnostics over the example images (Checkpoint tab)
     incomplete: bool = False  # opened "anyway": some tensors stayed randomly initialized
 
     @property

@@ -111,7 +111,7 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
                 _pictures_and_controls(c, cfg)
         with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as c.tabs:
             for tab in TABS.values():
-                _tab(c, tab, h)
+                _tab(c, tab, h, registry.names)
         with gr.Row(visible=False):  # inputs of the plain API endpoints
             c.x_in, c.y_in = gr.Number(label="x"), gr.Number(label="y")
             c.text_in = gr.Textbox()
@@ -180,12 +180,16 @@ def _pictures_and_controls(c, cfg) -> None:
     c.controls = [c.layer, c.heads, c.levels, c.color_by, c.top_k, c.layout, c.enc_level]
 
 
-def _tab(c, tab, h) -> None:
+def _tab(c, tab, h, checkpoints: list[str]) -> None:
     with gr.Tab(tab.title, id=tab.id):
         gr.Markdown(tab.help, elem_classes="ddetr-help")
         if tab.action is not None:
             with gr.Row():
-                if tab.action.choices:
+                if tab.action.checkpoint_choice:
+                    others = checkpoints[1:] or checkpoints  # B defaults to another than the startup one
+                    choice = gr.Dropdown(checkpoints, value=others[0], label="Checkpoint B",
+                                         elem_id=f"choice-{tab.id}")
+                elif tab.action.choices:
                     choice = gr.Radio(list(tab.action.choices), value=tab.action.choices[0][1], label="What",
                                       elem_id=f"choice-{tab.id}")
                 else:

@@ -2,6 +2,7 @@
 explains the registry). Each ``draw`` is a call into ``viz``; none runs the model."""
 from __future__ import annotations
 
+from .state import UserError
 from .views import NEED_QUERY, Action, Drawn, Selected, Tab, register
 
 
@@ -203,10 +204,37 @@ def draw_checkpoint(capture, selected: Selected, view) -> Drawn:
     from .serving import scrub_paths
 
     report = scrub_paths(str(lm.report)) if lm.report is not None else lm.name
-    return Drawn(selected.cache["diagnostics"].to_markdown(),
-                 "```text\n" + report + "\n```\n\n```text\n" + capture.summary() + "\n```")
+    if lm.examples_diagnostics is not None:  # checkpoint-level: calibrated over several images
+        note = "**Over the example images.** " + lm.examples_diagnostics.to_markdown()
+    else:
+        note = ("**This image only** (press *Diagnose* for the checkpoint-level verdict over the example "
+                "images). " + selected.cache["diagnostics"].to_markdown())
+    return Drawn(note, "```text\n" + report + "\n```\n\n```text\n" + capture.summary() + "\n```")
 
 
-register(Tab("checkpoint", "Checkpoint", "What was loaded, and diagnostics that point at training problems: "
-             "offsets still at their initialization, heads that attend uniformly, points that fall in padding "
-             "or outside the image, levels that receive almost no attention.", draw_checkpoint, body="markdown"))
+def run_diagnostics(explorer, session, choice) -> None:
+    """The calibrated checks over (up to 10 of) the server's example images, once per model."""
+    import numpy as np
+    from PIL import Image
+
+    from ddetr.diagnostics import diagnose, measure
+
+    lm = explorer.model_of(session)
+    paths = [p for items in explorer.examples.values() for p in items.values()][:10]
+    if not paths:
+        raise UserError("this server offers no example images to diagnose over")
+    images = []
+    for p in paths:
+        with Image.open(p) as im:
+            images.append(np.array(im.convert("RGB")))
+    with lm.lock, explorer.timings.timer("diagnostics"):
+        stats = measure(lm.model, images)
+        lm.runs += len(images)
+    lm.examples_diagnostics = diagnose(lm.model, stats)
+
+
+register(Tab("checkpoint", "Checkpoint", "What was loaded (file, SHA-256, training state) and calibrated "
+             "diagnostics that name known faults: offsets still at their initialization, uniform or dead heads, "
+             "starved levels, points outside the image, collapsed level embeddings, saturated references, a class "
+             "head that never fires. Each finding says where (layer, head, level), what it means and what to do.",
+             draw_checkpoint, body="markdown", action=Action("Diagnose", run_diagnostics, model=True)))

@@ -73,6 +73,7 @@ class Action:
     run: Callable
     choices: tuple[tuple[str, str], ...] = ()  # (label, value) of a choice shown beside the button
     model: bool = False  # runs the model: queued with the model's other runs
+    checkpoint_choice: bool = False  # the choice lists the server's checkpoints (e.g. the A/B tab's B)
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,4 @@ def draw(tab_id: str, capture, selected: Selected, view) -> Drawn:
 
 
 from . import tabs as _tabs  # noqa: E402,F401  (registers the explorer's own tabs, in order)
+from . import compare_tab as _compare_tab  # noqa: E402,F401  (the A/B tab, last)

@@ -174,6 +174,8 @@ def test_tabs_draw_for_the_selected_detection(server):
         kind = app.TABS[tab_id].body
         if tab_id == "gradients":
             assert "Press the button" in note
+        elif tab_id == "compare":  # draws after its button ran checkpoint B
+            assert "press **Compare**" in note
         elif kind == "plot":
             assert isinstance(body, dict) and body.get("plot"), (tab_id, note)
         elif kind == "image":

@@ -3,6 +3,7 @@
     python -m viz --image IMG [--checkpoint CKPT] --out DIR          run the model, then draw
     python -m viz --capture FILE --out DIR                           draw a saved capture, no model
     python -m viz --image IMG --untrained small --out DIR            an untrained model (to try the tool)
+    python -m viz --compare CKPT_A CKPT_B --image IMG --out DIR      A/B: two checkpoints, one detection
 
 Writes DIR/report.html (interactive, self-contained), DIR/figures/*.{png,svg,pdf} and
 DIR/capture.npz (reopen it with --capture). The only place in viz/ that runs a model.
@@ -22,11 +23,15 @@ DEFAULT_CHECKPOINT = examples_dir() / DEFAULT_CHECKPOINT_NAME  # the checkout's 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m viz", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--image", help="image file to run the model on")
     src.add_argument("--capture", help="a capture saved by Capture.save (or by this command): no model needed")
     p.add_argument("--checkpoint", help=f"checkpoint for --image (default: {DEFAULT_CHECKPOINT} when it exists); "
                    "official .pth, Hugging Face folder or our .safetensors")
+    p.add_argument("--compare", nargs=2, metavar=("CKPT_A", "CKPT_B"),
+                   help="compare two checkpoints of one architecture on --image: both views of the best detection "
+                        "of A (or --query) side by side and what changed")
+    p.add_argument("--query", type=int, help="with --compare: the query of A to compare (default: its best detection)")
     p.add_argument("--untrained", metavar="PRESET", help="use a randomly initialized model of this preset instead of a "
                    "checkpoint (figures of an untrained model; for trying the tool)")
     p.add_argument("--out", required=True, help="output folder")
@@ -71,8 +76,77 @@ def _load_model(args):
     return model.eval()
 
 
+def _read_image(path: str):
+    from PIL import Image
+
+    if not os.path.exists(path):
+        _fail(f"no image at {path}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except OSError as e:
+        _fail(f"cannot read image {path}: {e}")
+    return image
+
+
+def compare_main(args) -> int:
+    """--compare CKPT_A CKPT_B --image IMG: writes compare.{html,png}, compare.json, a.npz, b.npz."""
+    import json
+
+    from ddetr.capture import capture as open_capture
+    from ddetr.checkpoint import load
+    from ddetr.preprocess import ImageError
+
+    from .compare import compare_figure, compare_figure_mpl, compare_query, layer_differences
+    from .export import save_figure, save_plotly
+    from .selection import Selection
+
+    image = _read_image(args.image)
+    captures = []
+    for ckpt in args.compare:
+        try:
+            model, _ = load(ckpt, device=args.device)
+        except (OSError, ValueError) as e:
+            _fail(f"cannot load checkpoint {ckpt}: {e}")
+        try:
+            with open_capture(model) as session:
+                model.predict(image)
+        except ImageError as e:
+            _fail(str(e))
+        captures.append(session.captures[0])
+    a, b = captures
+    query = args.query
+    if query is None:
+        query = int(a.arrays["det/query_index"][0])
+    elif not 0 <= query < a.meta["num_queries"]:
+        _fail(f"--query {query}: checkpoint A has queries 0..{a.meta['num_queries'] - 1}")
+    try:
+        diff = compare_query(a, b, query, layer=args.layer)
+    except ValueError as e:
+        _fail(str(e))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    a.save(out / "a.npz")
+    b.save(out / "b.npz")
+    names = tuple(Path(c).name for c in args.compare)
+    save_plotly(compare_figure(a, b, diff, Selection(), names), out / "compare.html")
+    save_figure(compare_figure_mpl(a, b, diff, Selection(), names), out / "compare", ("png",))
+    (out / "compare.json").write_text(json.dumps({"checkpoints": list(args.compare), "image": args.image,
+                                                  "query": diff.to_dict(), "layers": layer_differences(a, b)}, indent=1))
+    if not args.quiet:
+        print(f"query {diff.query_a} of A <-> query {diff.query_b} of B (box IoU {diff.iou:.2f}); wrote {out}/compare.html, "
+              "compare.png, compare.json")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.compare:
+        if not args.image:
+            _fail("--compare needs --image IMG: the image both checkpoints run on")
+        return compare_main(args)
+    if not (args.image or args.capture):
+        _fail("pass --image IMG, --capture FILE or --compare CKPT_A CKPT_B --image IMG")
     formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
     from .export import FORMATS
 
