@@ -24,6 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ddetr.openmp import sleep_when_idle  # noqa: E402
+
+sleep_when_idle()  # before torch is imported
+
 import numpy as np  # noqa: E402
 import plotly.io as pio  # noqa: E402
 

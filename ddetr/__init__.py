@@ -8,26 +8,23 @@ Front door::
     with ddetr.capture(model) as session:
         dets = model.predict(image, score_threshold=0.5)
 
-Names are imported lazily, so ``python -m ddetr.data.synthetic`` does not build the op.
+Names are imported lazily: ``import ddetr`` imports neither torch nor the op, so an entry
+point can still set process-wide options first (``ddetr.openmp``), and
+``python -m ddetr.data.synthetic`` does not build the op.
 """
 from __future__ import annotations
 
 import importlib
-import os
-
-# Idle OpenMP threads sleep instead of spinning. On a shared CPU (the 2-core machines this
-# project trains on, a server answering several users) spinning teams fight each other:
-# measured here, a training step went from 4 s to 0.5 s. Takes effect only if torch is not
-# yet imported; set OMP_WAIT_POLICY=ACTIVE to opt out.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import sys
+import types
 
 _LAZY = {
     "DDETRConfig": "config", "PRESET_NAMES": "config", "preset": "config",
     "DeformableDETR": "model", "LayerOutput": "model", "ModelOutput": "model", "build_model": "model",
-    "Detections": "postprocess",
+    "Detections": "postprocess", "Capture": "capture_io",
 }
 
-__all__ = [*_LAZY, "load", "capture", "Capture"]
+__all__ = [*_LAZY, "load", "capture"]
 
 
 def __getattr__(name: str):
@@ -43,6 +40,22 @@ def load(source, **kwargs):
     return _load(source, **kwargs)
 
 
-# Imported eagerly: a lazy wrapper named like its submodule would be replaced by the module
-# object as soon as anything imports ``ddetr.capture``. (It needs torch, not the op.)
-from .capture import Capture, capture  # noqa: E402
+class _Package(types.ModuleType):
+    """``ddetr.capture`` is the function, although a submodule has that name: importing
+    ``ddetr.capture`` (``from ddetr.capture import Capture``) binds the module to the package
+    attribute, and this property, on the package's class, outlives that binding."""
+
+    @property
+    def capture(self):
+        from .capture import capture
+
+        return capture
+
+    @capture.setter
+    def capture(self, value):
+        if not isinstance(value, types.ModuleType):
+            raise AttributeError("ddetr.capture is the capture function and cannot be replaced")
+        # the import system binding the submodule: it stays reachable as sys.modules["ddetr.capture"]
+
+
+sys.modules[__name__].__class__ = _Package

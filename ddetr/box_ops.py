@@ -51,3 +51,17 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """logit(x) with the clamping the official code uses, so refinement stays finite."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def refine_boxes(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Iterative box refinement (sec. 4.1 / A.4): a box head's output ``delta`` (..., 4) added
+    to the reference in logit space.
+
+    reference (..., 4) cxcywh box or (..., 2) point, in [0, 1]; a point reference moves only
+    the centre (the size is the head's own). Returns (..., 4) cxcywh in [0, 1]. Both the
+    detector's per-layer boxes and the decoder's next reference come from here.
+    """
+    ref = inverse_sigmoid(reference)
+    if reference.shape[-1] == 4:
+        return (delta + ref).sigmoid()
+    return torch.cat([delta[..., :2] + ref, delta[..., 2:]], -1).sigmoid()

@@ -9,30 +9,34 @@
 
 Hooks sit on each ``SamplingCore`` (the op's exact inputs), on the decoder self-attention
 (whose weights are recomputed from its inputs, so the model's own computation is untouched),
-on the encoder (padding mask) and on the model (image metadata and outputs). They exist only
+on the encoder (padding mask) and on the model (the batch in, the ``ModelOutput`` out). Each
+hook reads its module's inputs by parameter name, checked when the capture opens. What the
+model computed anyway (detections in original pixels, per-layer boxes, two-stage proposals,
+level geometry) comes from its output, so capture recomputes nothing. Hooks exist only
 while the context is open, and record only calls made by the thread that opened it, so two
 captures in two threads never mix (design principle 8).
 
 Storage. Per layer the capture keeps what the op consumed in factored form: the raw
 ``sampling_offsets`` output and the reference points, from which ``Capture.sampling``
-rebuilds the locations with the model's own formula (``frames.sampling_locations``, the same
-operations as ``attention.sampling_locations_from``), plus the attention weights. In float32
-the rebuilt locations equal the op's input bit for bit (tested); in float16 (the default)
-offsets keep ~0.01 level-pixel precision, much better than float16 absolute locations would
-(~0.1 px). For the R50 models at 800x1333 one encoder layer is ~17.8 MB in float16 (~35 MB in
+rebuilds the locations with the function the model itself calls (``frames.sampling_locations``),
+plus the attention weights. In float32 the rebuilt locations equal the op's input bit for
+bit (tested); in float16 (the default) offsets keep ~0.01 level-pixel precision, much better
+than float16 absolute locations would (~0.1 px). For the R50 models at 800x1333 one encoder layer is ~17.8 MB in float16 (~35 MB in
 float32); the default ``max_bytes=100e6`` keeps the decoder, the self-attention and as many
 encoder layers as fit, deepest first (4 of 6 at 800x1333), and lists the rest in
 ``Capture.left_out``; ``max_bytes=None, dtype=torch.float32`` keeps everything (~230 MB).
-Recording costs ~1% of an R50 predict and ~3% of the small model's (``bench/capture.py``).
+Recording takes ~0.4% of an R50 predict's CPU time and ~4% of the small model's, and nothing
+once the context closed (``bench/capture.py``).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -40,8 +44,7 @@ import torch.nn.functional as F
 
 from .capture_io import Capture, CaptureFileError
 from .frames import Geometry
-from .postprocess import postprocess
-from .two_stage import encoder_proposals
+from .padding import valid_sizes
 
 __all__ = ["capture", "CaptureSession", "Capture", "CaptureFileError", "Plan", "plan_capture"]
 
@@ -140,13 +143,31 @@ def self_attention_weights(mha: torch.nn.MultiheadAttention, query: torch.Tensor
     return logits.softmax(-1)
 
 
+class _Inputs:
+    """A module call's arguments by the parameter names of its ``forward``, however the caller
+    passed them (by position or keyword). The names a hook reads are checked when the capture
+    opens: a renamed parameter is an error naming it, never a wrong tensor recorded in silence."""
+
+    def __init__(self, module: torch.nn.Module, reads: tuple[str, ...]):
+        self.signature = inspect.signature(module.forward)
+        missing = [n for n in reads if n not in self.signature.parameters]
+        if missing:
+            raise TypeError(f"capture reads {missing} from {type(module).__name__}.forward{self.signature}, which "
+                            "has no such parameters: ddetr/capture.py needs updating to the new signature")
+
+    def __call__(self, args: tuple, kwargs: dict | None) -> dict[str, Any]:
+        bound = self.signature.bind(*args, **(kwargs or {}))
+        bound.apply_defaults()
+        return bound.arguments
+
+
 class _Pass:
     """What one forward pass recorded (batch tensors, still on the model's device)."""
 
     def __init__(self, images, mask, batch):
         self.images, self.mask, self.batch = images, mask, batch
         self.plan: Plan | None = None
-        self.spatial_shapes = self.level_start_index = self.padding_mask = None
+        self.padding_mask = None
         self.enc: dict[int, dict[str, torch.Tensor]] = {}
         self.dec: dict[int, dict[str, torch.Tensor]] = {}
         self.self_attn: dict[int, torch.Tensor] = {}
@@ -165,19 +186,21 @@ def _layers(spec, n: int, what: str) -> list[int]:
 
 
 def _timed(hook):
-    """Runs a hook only on the thread that opened the session, adding its time to
-    ``session.seconds``. Hooks take ``*rest``: PyTorch snapshots a module's hooks before
-    calling them, so a session closed by another thread mid-forward may still be called
-    once, possibly without the kwargs flag it was registered with."""
+    """Runs a hook only on the thread that opened the session, adding its wall time to
+    ``session.seconds`` and its CPU time (this thread's) to ``session.cpu_seconds``. Hooks
+    take ``*rest``: PyTorch snapshots a module's hooks before calling them, so a session
+    closed by another thread mid-forward may still be called once, possibly without the
+    kwargs flag it was registered with."""
 
     def wrapper(self, *args, **kwargs):
         if not self._mine():
             return None
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         try:
             return hook(self, *args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - t
+            self.cpu_seconds += time.thread_time() - c
 
     return wrapper
 
@@ -206,14 +229,23 @@ class CaptureSession:
         self._handles: list = []
         self._pass: _Pass | None = None
         self._calls = 0
-        self.seconds = 0.0  # time spent inside the hooks (recording), for benchmarks
+        # Time spent inside the hooks (recording), for benchmarks: wall, and CPU time of the
+        # recording thread (steady on a shared machine; all of it with one torch thread).
+        self.seconds = self.cpu_seconds = 0.0
 
     # --- context ---
     def __enter__(self) -> "CaptureSession":
         if self._handles:
             raise RuntimeError("this capture is already open; create a new one with ddetr.capture(model)")
-        self._thread = threading.get_ident()
         m, t = self.model, self.model.transformer
+        self._inputs = {  # what each hook reads, by name
+            "model": _Inputs(m, ("images", "mask", "batch")),
+            "encoder": _Inputs(t.encoder, ("src", "padding_mask")),
+            "core": _Inputs(t.decoder.layers[0].cross_attn.core,
+                            ("sampling_locations", "attention_weights", "reference_points", "offsets")),
+            "self_attn": _Inputs(t.decoder.layers[0].self_attn, ("query", "key", "key_padding_mask", "attn_mask")),
+        }
+        self._thread = threading.get_ident()
         reg = self._handles.append
 
         def after(module, hook):
@@ -221,7 +253,7 @@ class CaptureSession:
 
         reg(m.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
         after(m, self._on_model_end)
-        reg(t.encoder.register_forward_pre_hook(self._on_encoder_start))
+        reg(t.encoder.register_forward_pre_hook(self._on_encoder_start, with_kwargs=True))
         for i in self.encoder:
             after(t.encoder.layers[i].self_attn.core, partial(self._on_core, "enc", i))
         for i in self.decoder:
@@ -248,21 +280,18 @@ class CaptureSession:
     # --- hooks (each wrapped by _timed: opening thread only) ---
     @_timed
     def _on_model_start(self, module, args, kwargs=None):
-        kwargs = kwargs or {}
-        images = args[0] if args else kwargs["images"]
-        mask = args[1] if len(args) > 1 else kwargs["mask"]
-        self._pass = _Pass(images, mask, kwargs.get("batch"))
+        x = self._inputs["model"](args, kwargs)
+        self._pass = _Pass(x["images"], x["mask"], x["batch"])
 
     @_timed
-    def _on_encoder_start(self, module, args):
+    def _on_encoder_start(self, module, args, kwargs=None):
         if self._pass is None:
             return
-        p = self._pass
-        src, shapes, lsi, _vr, _pos, padding_mask = args
-        p.spatial_shapes, p.level_start_index, p.padding_mask = shapes, lsi, padding_mask
+        p, x = self._pass, self._inputs["encoder"](args, kwargs)
+        p.padding_mask = x["padding_mask"]  # (B, Lv)
         cfg = self.model.cfg
-        Lv = int(src.shape[1])
-        Q = min(cfg.num_queries, Lv) if cfg.two_stage else cfg.num_queries
+        Lv = int(x["src"].shape[1])
+        Q = self.model.transformer.query_count(Lv)
         if self.queries is None:
             n_sel = Q
         elif self.queries == "detections":
@@ -287,17 +316,17 @@ class CaptureSession:
     def _on_core(self, part, i, module, args, *rest):
         if self._pass is None or self._pass.plan is None:
             return
-        p, kwargs = self._pass, (rest[0] if len(rest) == 2 else {})
+        p = self._pass
         if i not in (p.plan.encoder if part == "enc" else p.plan.decoder):
             return
-        locations, weights = args[3], args[4]  # (B, Lq, M, L, P, 2), (B, Lq, M, L, P)
-        ref, off = kwargs.get("reference_points"), kwargs.get("offsets")
+        x = self._inputs["core"](args, rest[0] if len(rest) == 2 else None)
+        ref, off = x["reference_points"], x["offsets"]  # (B, Lq, L, 2|4), (B, Lq, M, L, P, 2)
         # No copy where the dtype already matches: these are fresh outputs of the layer's
         # projections that nothing modifies in place afterwards (the faithfulness test would
         # catch it: it recomputes the op from what the capture holds).
-        rec = {"weights": weights.detach().to(self.dtype)}
+        rec = {"weights": x["attention_weights"].detach().to(self.dtype)}  # (B, Lq, M, L, P)
         if ref is None or off is None:  # a caller that did not pass the factors: keep the product
-            rec["locations"] = locations.detach().to(torch.float32)
+            rec["locations"] = x["sampling_locations"].detach().to(torch.float32)  # (B, Lq, M, L, P, 2)
         else:
             rec["offsets"] = off.detach().to(self.dtype)
             rec["references"] = ref.detach().to(torch.float32)
@@ -307,12 +336,12 @@ class CaptureSession:
     def _on_self_attn(self, i, module, args, *rest):
         if self._pass is None or self._pass.plan is None:
             return
-        p, kwargs = self._pass, (rest[0] if len(rest) == 2 else {})
+        p = self._pass
         if i not in p.plan.self_attention:
             return
+        x = self._inputs["self_attn"](args, rest[0] if len(rest) == 2 else None)
         with torch.no_grad():
-            w = self_attention_weights(module, args[0], args[1], kwargs.get("key_padding_mask"),
-                                       kwargs.get("attn_mask"))
+            w = self_attention_weights(module, x["query"], x["key"], x["key_padding_mask"], x["attn_mask"])
         p.self_attn[i] = w.to(self.dtype)
 
     @_timed
@@ -342,35 +371,26 @@ def _image_info(p: _Pass, cfg) -> tuple[list, list, list]:
         return list(p.batch.sizes), list(p.batch.orig_sizes), list(p.batch.originals)
     mean = torch.tensor(cfg.pixel_mean, device=p.images.device).view(3, 1, 1)
     std = torch.tensor(cfg.pixel_std, device=p.images.device).view(3, 1, 1)
-    sizes, originals = [], []
-    for b in range(p.images.shape[0]):
-        h, w = int((~p.mask[b, :, 0]).sum()), int((~p.mask[b, 0, :]).sum())
-        sizes.append((h, w))
-        originals.append((p.images[b, :, :h, :w] * std + mean).clamp(0, 1))
+    sizes = [(h, w) for w, h in valid_sizes(p.mask).tolist()]
+    originals = [(p.images[b, :, :h, :w] * std + mean).clamp(0, 1) for b, (h, w) in enumerate(sizes)]
     return sizes, sizes, originals
 
 
 def _build_captures(session: CaptureSession, p: _Pass, out, call: int) -> list["Capture"]:
-    model, cfg, plan = session.model, session.model.cfg, p.plan
+    """One ``Capture`` per image from what the hooks recorded and what the model returned
+    (``ModelOutput``: detections, per-layer boxes, proposals, geometry); nothing is recomputed."""
+    cfg, plan = session.model.cfg, p.plan
     B = p.images.shape[0]
     sizes, orig_sizes, originals = _image_info(p, cfg)
-    dets = postprocess(out.logits.detach(), out.boxes.detach(), orig_sizes, cfg.class_names, cfg.top_k)
-    strides = list(model.backbone[0].strides)
-    while len(strides) < cfg.n_levels:
-        strides.append(strides[-1] * 2)  # extra levels: 3x3 stride-2 convolutions on the last map
+    dets = out.detections  # None only from a training-mode forward called without its batch
     layers = out.layers
     Q = out.logits.shape[1]
-    valid_prop = None
-    if out.enc is not None:
-        _, proposals = encoder_proposals(p.padding_mask.new_zeros(p.padding_mask.shape + (1,), dtype=torch.float32),
-                                         p.padding_mask, p.spatial_shapes)
-        valid_prop = torch.isfinite(proposals).all(-1)  # (B, Lv)
     captures = []
     for b in range(B):
         if session.queries is None:
             qsel = np.arange(Q)
         elif session.queries == "detections":
-            qsel = np.unique(_np(dets[b].query_index))
+            qsel = np.unique(_np(dets[b].query_index)) if dets is not None else np.arange(0)
         else:
             qsel = np.unique(np.asarray(session.queries, dtype=np.int64))  # checked at encoder start
         qsel_t = None if len(qsel) == Q and (qsel == np.arange(Q)).all() else torch.as_tensor(qsel)
@@ -393,17 +413,20 @@ def _build_captures(session: CaptureSession, p: _Pass, out, call: int) -> list["
             arrays[f"layer/{i}/boxes"] = _np(lo.boxes[b].float())
             arrays[f"layer/{i}/logits"] = _np(lo.logits[b].float())
             arrays[f"layer/{i}/reference"] = _np(out.references[i][b].float())
-        d = dets[b]
-        arrays.update({"det/boxes": _np(d.boxes), "det/scores": _np(d.scores), "det/labels": _np(d.labels),
-                       "det/query_index": _np(d.query_index)})
+        if dets is not None:
+            d = dets[b]
+            arrays.update({"det/boxes": _np(d.boxes), "det/scores": _np(d.scores), "det/labels": _np(d.labels),
+                           "det/query_index": _np(d.query_index)})
         if out.enc is not None:
             arrays["proposals/boxes"] = _np(out.enc.boxes[b].float())
             arrays["proposals/scores"] = _np(out.enc.logits[b, :, 0].float().sigmoid())
-            arrays["proposals/valid"] = _np(valid_prop[b])
+            arrays["proposals/valid"] = _np(out.proposal_valid[b])
             arrays["proposals/index"] = _np(out.proposal_index[b])
-        geometry = Geometry(_np(p.spatial_shapes), _np(out.valid_ratios[b].float()), sizes[b],
-                            tuple(p.images.shape[-2:]), orig_sizes[b], strides)
+        geometry = Geometry(_np(out.spatial_shapes), _np(out.valid_ratios[b].float()), sizes[b],
+                            tuple(p.images.shape[-2:]), orig_sizes[b], out.strides)
         left_out = list(plan.left_out)
+        if dets is None:
+            left_out.append("detections: a training-mode forward without batch= makes none (call model.eval())")
         for part, asked in (("encoder", session.encoder), ("decoder", session.decoder)):
             if not asked:
                 left_out.append(f"{part} sampling: not requested ({part}=False)")

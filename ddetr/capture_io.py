@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .capture_html import capture_html
+from .config import label_name
 from .frames import Geometry, sampling_locations
 from .postprocess import Detections
 
@@ -198,12 +199,16 @@ class Capture:
     def class_names(self) -> list[str]:
         return list(self.meta["class_names"])
 
+    def label_name(self, label: int) -> str:
+        """The name of class id ``label`` (``config.label_name``)."""
+        return label_name(self.meta["class_names"], label)
+
     @property
     def detections(self) -> Detections:
         """The model's top-k detections (``top_k`` of the config, no threshold; use ``.above``)."""
         a = self.arrays
         labels = a["det/labels"]
-        names = [self.class_names[i] if i < len(self.class_names) else f"class {i}" for i in labels.tolist()]
+        names = [self.label_name(i) for i in labels.tolist()]
         return Detections(torch.from_numpy(a["det/boxes"]), torch.from_numpy(a["det/scores"]),
                           torch.from_numpy(labels), names, torch.from_numpy(a["det/query_index"]))
 

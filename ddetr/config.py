@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 from .coco_names import COCO_CLASSES
 
 
+def label_name(class_names, label: int) -> str:
+    """The name of class id ``label``; ids beyond the names (a head with more logits than
+    names) are called 'class <id>'. Every label shown to a user goes through here."""
+    label = int(label)
+    if 0 <= label < len(class_names):
+        return class_names[label]
+    return f"class {label}"
+
+
 @dataclass
 class DDETRConfig:
     """Everything needed to build a Deformable DETR; defaults are the official R50 model."""
@@ -81,9 +90,7 @@ class DDETRConfig:
         return min(3, self.n_levels) if self.n_levels > 1 else 1
 
     def label_name(self, label: int) -> str:
-        if 0 <= label < len(self.class_names):
-            return self.class_names[label]
-        return f"class {label}"
+        return label_name(self.class_names, label)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -8,16 +8,17 @@ import torch
 from torch import nn
 
 from .attention import MSDeformAttn
-from .box_ops import inverse_sigmoid
+from .box_ops import refine_boxes
 from .encoder import _ffn
 
 
 class DeformableDecoderLayer(nn.Module):
     """Post-norm layer: self-attention among queries, cross-attention into the encoder memory, FFN."""
 
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, n_levels=4, n_heads=8, n_points=4):
+    def __init__(self, *, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, n_levels: int = 4,
+                 n_heads: int = 8, n_points: int = 4):
         super().__init__()
-        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.cross_attn = MSDeformAttn(d_model=d_model, n_levels=n_levels, n_heads=n_heads, n_points=n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
@@ -33,9 +34,9 @@ class DeformableDecoderLayer(nn.Module):
         """tgt, query_pos (B, Q, C); reference_points (B, Q, L, 2|4), already scaled by the
         valid ratios; src (B, Lv, C); padding_mask (B, Lv) -> (B, Q, C)."""
         q = k = tgt + query_pos
-        # need_weights is passed by keyword so a capture's pre-hook can turn it on for its
-        # own thread only (per-head weights); off, PyTorch takes the fused attention path.
-        tgt2 = self.self_attn(q, k, tgt, need_weights=False)[0]
+        # No weights: PyTorch then takes its fused attention path. A capture recomputes the
+        # per-head weights from the inputs it records (``capture.self_attention_weights``).
+        tgt2 = self.self_attn(query=q, key=k, value=tgt, need_weights=False)[0]
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         tgt2 = self.cross_attn(tgt + query_pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
         tgt = self.norm1(tgt + self.dropout1(tgt2))
@@ -57,7 +58,7 @@ class DeformableDecoder(nn.Module):
     official checkpoints put it (``transformer.decoder.class_embed.6``).
     """
 
-    def __init__(self, layer: DeformableDecoderLayer, num_layers: int,
+    def __init__(self, layer: DeformableDecoderLayer, num_layers: int, *,
                  bbox_embed: nn.ModuleList | None = None, class_embed: nn.ModuleList | None = None):
         super().__init__()
         self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in range(num_layers)])
@@ -79,10 +80,5 @@ class DeformableDecoder(nn.Module):
             out = layer(out, query_pos, ref_input, src, spatial_shapes, level_start_index, padding_mask)
             hidden.append(out)
             if self.bbox_embed is not None:
-                delta = self.bbox_embed[lid](out)
-                if reference_points.shape[-1] == 4:
-                    new_ref = (delta + inverse_sigmoid(reference_points)).sigmoid()
-                else:
-                    new_ref = torch.cat([delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1).sigmoid()
-                reference_points = new_ref.detach()
+                reference_points = refine_boxes(self.bbox_embed[lid](out), reference_points).detach()
         return DecoderOutput(hidden, references)

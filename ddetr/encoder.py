@@ -18,9 +18,10 @@ def _ffn(x, linear1, linear2, dropout_a, dropout_b, norm):
 class DeformableEncoderLayer(nn.Module):
     """Post-norm layer: deformable self-attention over all levels, then FFN."""
 
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, n_levels=4, n_heads=8, n_points=4):
+    def __init__(self, *, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, n_levels: int = 4,
+                 n_heads: int = 8, n_points: int = 4):
         super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.self_attn = MSDeformAttn(d_model=d_model, n_levels=n_levels, n_heads=n_heads, n_points=n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)

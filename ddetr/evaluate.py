@@ -16,6 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ddetr.openmp import sleep_when_idle
+
+if __name__ == "__main__":  # an entry point: before torch is imported (see ddetr/openmp.py)
+    sleep_when_idle()
+
 import torch
 from tqdm import tqdm
 

@@ -50,9 +50,9 @@ def _per_level(values: np.ndarray, ndim: int, level_axis: int) -> np.ndarray:
 
 def sampling_locations(reference_points: torch.Tensor, offsets: torch.Tensor, spatial_shapes: torch.Tensor,
                        n_points: int) -> torch.Tensor:
-    """The op-frame locations from their factors: the official formula, operation for
-    operation as ``attention.sampling_locations_from`` (tested bit-equal), here so that a
-    capture can be read without importing the model or building the op.
+    """The op-frame locations from their factors: the official formula. ``MSDeformAttn``
+    calls this very function; it lives here, in a module that needs no op, so that a saved
+    capture is decoded without importing the model or building the op.
 
     reference_points (B, Lq, L, 2 | 4); offsets (B, Lq, M, L, P, 2); spatial_shapes (L, 2).
     Points: ref + offset / (W_l, H_l). Boxes: centre + offset / P * wh / 2.
@@ -200,7 +200,7 @@ class Geometry:
         locations (..., L, P, 2) op frame; references (..., L, 2 | 4) op frame (broadcast over
         M and P by the caller: pass ``references[:, None, :, None]`` for (Lq, M, L, P, 2)).
         For point references the level-pixel offset is the raw ``sampling_offsets`` output
-        (``attention.sampling_locations_from``); for box references it is not (the raw
+        (``sampling_locations``); for box references it is not (the raw
         offset is in units of the box half-size / P).
         """
         centre = self.reference_centre(references)

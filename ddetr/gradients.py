@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from .box_ops import box_cxcywh_to_xyxy
-from .postprocess import postprocess
 
 QUANTITIES = ("cx", "cy", "w", "h", "score")
 
@@ -48,8 +47,7 @@ def box_gradients(model, image, query_index: int | None = None) -> dict:
         with torch.inference_mode(False), torch.enable_grad():
             out = model(x, batch.mask, batch=batch)
             if query_index is None:
-                det = postprocess(out.logits.detach(), out.boxes.detach(), batch.orig_sizes, cfg.class_names, 1)[0]
-                query_index = int(det.query_index[0])
+                query_index = int(out.detections[0].query_index[0])
             Q = out.logits.shape[1]
             if not 0 <= query_index < Q:
                 raise IndexError(f"query_index {query_index} outside 0..{Q - 1}")

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from .backbone import Backbone
-from .box_ops import inverse_sigmoid
+from .box_ops import refine_boxes
 from .config import DDETRConfig
 from .heads import build_heads
+from .padding import valid_sizes
 from .position_encoding import PositionEmbeddingSine
 from .postprocess import Detections, postprocess
 from .preprocess import Batch, prepare
@@ -38,6 +39,9 @@ class ModelOutput:
     spatial_shapes: torch.Tensor | None = None  # (L, 2)
     level_start_index: torch.Tensor | None = None  # (L,)
     valid_ratios: torch.Tensor | None = None  # (B, L, 2)
+    proposal_valid: torch.Tensor | None = None  # (B, Lv) bool, two-stage: tokens whose base proposal is valid
+    strides: tuple[int, ...] = ()  # (L,) input pixels per cell of each level
+    detections: list[Detections] | None = None  # eval mode (or with a batch): top-k per image, original pixels
 
     @property
     def layers(self) -> list[LayerOutput]:
@@ -54,10 +58,12 @@ class DeformableDETR(nn.Module):
         self.backbone = nn.ModuleList([Backbone(cfg)])
         self.position_embedding = PositionEmbeddingSine(d // 2)
         num_pred = cfg.dec_layers + 1 if cfg.two_stage else cfg.dec_layers
-        self.class_embed, self.bbox_embed = build_heads(d, cfg.num_classes, num_pred, cfg.with_box_refine, cfg.two_stage)
+        self.class_embed, self.bbox_embed = build_heads(d_model=d, num_classes=cfg.num_classes, num_pred=num_pred,
+                                                        refine=cfg.with_box_refine, two_stage=cfg.two_stage)
         self.transformer = DeformableTransformer(
-            d, cfg.n_heads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout,
-            cfg.n_levels, cfg.n_points, cfg.two_stage, cfg.num_queries,
+            d_model=d, n_heads=cfg.n_heads, enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
+            d_ffn=cfg.dim_feedforward, dropout=cfg.dropout, n_levels=cfg.n_levels, n_points=cfg.n_points,
+            two_stage=cfg.two_stage, num_queries=cfg.num_queries,
             bbox_embed=self.bbox_embed if cfg.with_box_refine else None,
             class_embed=self.class_embed if cfg.two_stage else None,
         )
@@ -66,9 +72,11 @@ class DeformableDETR(nn.Module):
         channels = self.backbone[0].num_channels
         proj = [nn.Sequential(nn.Conv2d(c, d, 1), nn.GroupNorm(32, d)) for c in channels]
         in_ch = channels[-1]
+        self.strides = tuple(self.backbone[0].strides)  # (L,) input pixels per cell of each level
         for _ in range(cfg.n_levels - len(channels)):  # extra levels: 3x3 stride-2 convs on C5
             proj.append(nn.Sequential(nn.Conv2d(in_ch, d, 3, stride=2, padding=1), nn.GroupNorm(32, d)))
             in_ch = d
+            self.strides += (self.strides[-1] * 2,)
         self.input_proj = nn.ModuleList(proj)
         for p in self.input_proj:
             nn.init.xavier_uniform_(p[0].weight, gain=1)
@@ -82,11 +90,16 @@ class DeformableDETR(nn.Module):
     def variant(self) -> str:
         return self.cfg.variant
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor, *, batch: Batch | None = None) -> ModelOutput:
+    def forward(self, images: torch.Tensor, mask: torch.Tensor, *, batch: Batch | None = None,
+                top_k: int | None = None) -> ModelOutput:
         """images (B, 3, H, W) normalized; mask (B, H, W) bool, True at padding.
 
-        ``batch`` is not used by the computation; ``predict`` passes it so that a capture's
-        forward hook can record the image metadata (sizes, scales, originals).
+        ``batch``: the ``Batch`` these tensors came from (``prepare``). Its original image
+        sizes are passed on to post-processing explicitly, as torchvision's
+        ``GeneralizedRCNN`` passes ``original_image_sizes``: in eval mode, or whenever a batch
+        is given, the output carries ``detections`` (top ``top_k``, default the config's, over
+        queries x classes) in original-image pixels, or in pixels of the unpadded inputs
+        without a batch. A capture also records the batch's original images.
         """
         feats = self.backbone[0](images, mask)
         srcs, masks = [], []
@@ -102,22 +115,21 @@ class DeformableDETR(nn.Module):
         query_embed = None if self.cfg.two_stage else self.query_embed.weight
         t = self.transformer(srcs, masks, pos, query_embed)
 
-        layers = []
-        for lvl, (hidden, reference) in enumerate(zip(t.decoder.hidden, t.decoder.references)):
-            logits = self.class_embed[lvl](hidden)
-            delta = self.bbox_embed[lvl](hidden)
-            ref = inverse_sigmoid(reference)
-            if ref.shape[-1] == 4:
-                boxes = (delta + ref).sigmoid()
-            else:
-                boxes = torch.cat([delta[..., :2] + ref, delta[..., 2:]], -1).sigmoid()
-            layers.append(LayerOutput(logits, boxes))
+        layers = [LayerOutput(self.class_embed[lvl](hidden), refine_boxes(self.bbox_embed[lvl](hidden), reference))
+                  for lvl, (hidden, reference) in enumerate(zip(t.decoder.hidden, t.decoder.references))]
         enc = None
         if t.enc_logits is not None:
             enc = LayerOutput(t.enc_logits, t.enc_boxes_unact.sigmoid())
+        detections = None
+        if batch is not None or not self.training:
+            sizes = batch.orig_sizes if batch is not None else [tuple(s) for s in valid_sizes(mask).flip(-1).tolist()]
+            detections = postprocess(layers[-1].logits.detach(), layers[-1].boxes.detach(), sizes,
+                                     self.cfg.class_names, top_k or self.cfg.top_k)
         return ModelOutput(
-            layers[-1].logits, layers[-1].boxes, layers[:-1], enc, t.proposal_index,
-            t.decoder.references, t.spatial_shapes, t.level_start_index, t.valid_ratios,
+            logits=layers[-1].logits, boxes=layers[-1].boxes, aux=layers[:-1], enc=enc,
+            proposal_index=t.proposal_index, references=t.decoder.references, spatial_shapes=t.spatial_shapes,
+            level_start_index=t.level_start_index, valid_ratios=t.valid_ratios, proposal_valid=t.proposal_valid,
+            strides=self.strides, detections=detections,
         )
 
     @property
@@ -142,11 +154,10 @@ class DeformableDETR(nn.Module):
         self.eval()
         try:
             batch = self.prepare(images)
-            out = self(batch.images, batch.mask, batch=batch)
+            out = self(batch.images, batch.mask, batch=batch, top_k=top_k)
         finally:
             self.train(was_training)
-        return postprocess(out.logits, out.boxes, batch.orig_sizes, self.cfg.class_names,
-                           top_k or self.cfg.top_k, score_threshold)
+        return [d.above(score_threshold) if score_threshold > 0 else d for d in out.detections]
 
 
 def build_model(cfg: DDETRConfig) -> DeformableDETR:

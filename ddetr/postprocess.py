@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .box_ops import box_cxcywh_to_xyxy
+from .config import label_name
 
 
 @dataclass
@@ -48,7 +49,7 @@ def postprocess(logits: torch.Tensor, boxes: torch.Tensor, orig_sizes, class_nam
         h, w = orig_sizes[b]
         scale = torch.tensor([w, h, w, h], dtype=xyxy.dtype, device=xyxy.device)
         lab = labels[b].cpu()
-        names = [class_names[i] if i < len(class_names) else f"class {i}" for i in lab.tolist()]
+        names = [label_name(class_names, i) for i in lab.tolist()]
         det = Detections((xyxy[b] * scale).float().cpu(), scores[b].float().cpu(), lab, names, query[b].cpu())
         out.append(det.above(score_threshold) if score_threshold > 0 else det)
     return out

@@ -27,6 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+from ddetr.openmp import sleep_when_idle
+
+if __name__ == "__main__":  # an entry point: before torch is imported (see ddetr/openmp.py)
+    sleep_when_idle()
+
 import numpy as np
 import torch
 import torch.distributed as dist

@@ -9,6 +9,7 @@ from torch import nn
 from .attention import MSDeformAttn
 from .decoder import DecoderOutput, DeformableDecoder, DeformableDecoderLayer
 from .encoder import DeformableEncoder, DeformableEncoderLayer
+from .padding import valid_ratio
 from .position_encoding import proposal_position_embedding
 from .two_stage import encoder_proposals
 
@@ -23,26 +24,20 @@ class TransformerOutput:
     enc_logits: torch.Tensor | None = None  # (B, Lv, K) two-stage proposal scores
     enc_boxes_unact: torch.Tensor | None = None  # (B, Lv, 4) logit-space proposal boxes
     proposal_index: torch.Tensor | None = None  # (B, Q) encoder tokens that became queries
-
-
-def valid_ratio(mask: torch.Tensor) -> torch.Tensor:
-    """Fraction of a padded map (B, H, W) that holds image, as (w, h): (B, 2)."""
-    _, H, W = mask.shape
-    valid_h = (~mask[:, :, 0]).sum(1)
-    valid_w = (~mask[:, 0, :]).sum(1)
-    return torch.stack([valid_w.float() / W, valid_h.float() / H], -1)
+    proposal_valid: torch.Tensor | None = None  # (B, Lv) bool, tokens whose base proposal is valid
 
 
 class DeformableTransformer(nn.Module):
-    def __init__(self, d_model=256, n_heads=8, enc_layers=6, dec_layers=6, d_ffn=1024, dropout=0.1,
-                 n_levels=4, n_points=4, two_stage=False, num_queries=300,
+    def __init__(self, *, d_model: int = 256, n_heads: int = 8, enc_layers: int = 6, dec_layers: int = 6,
+                 d_ffn: int = 1024, dropout: float = 0.1, n_levels: int = 4, n_points: int = 4,
+                 two_stage: bool = False, num_queries: int = 300,
                  bbox_embed: nn.ModuleList | None = None, class_embed: nn.ModuleList | None = None):
         super().__init__()
         self.d_model, self.two_stage, self.num_queries = d_model, two_stage, num_queries
-        enc_layer = DeformableEncoderLayer(d_model, d_ffn, dropout, n_levels, n_heads, n_points)
-        self.encoder = DeformableEncoder(enc_layer, enc_layers)
-        dec_layer = DeformableDecoderLayer(d_model, d_ffn, dropout, n_levels, n_heads, n_points)
-        self.decoder = DeformableDecoder(dec_layer, dec_layers, bbox_embed, class_embed)
+        dims = dict(d_model=d_model, d_ffn=d_ffn, dropout=dropout, n_levels=n_levels, n_heads=n_heads, n_points=n_points)
+        self.encoder = DeformableEncoder(DeformableEncoderLayer(**dims), enc_layers)
+        self.decoder = DeformableDecoder(DeformableDecoderLayer(**dims), dec_layers,
+                                         bbox_embed=bbox_embed, class_embed=class_embed)
         self.level_embed = nn.Parameter(torch.empty(n_levels, d_model))
         if two_stage:
             self.enc_output = nn.Linear(d_model, d_model)
@@ -66,6 +61,10 @@ class DeformableTransformer(nn.Module):
             nn.init.constant_(self.reference_points.bias, 0.0)
         nn.init.normal_(self.level_embed)
 
+    def query_count(self, n_tokens: int) -> int:
+        """Decoder queries for ``n_tokens`` encoder tokens: two-stage selects at most one per token."""
+        return min(self.num_queries, n_tokens) if self.two_stage else self.num_queries
+
     def forward(self, srcs, masks, pos_embeds, query_embed: torch.Tensor | None) -> TransformerOutput:
         """srcs, pos_embeds: per level (B, C, H_l, W_l); masks per level (B, H_l, W_l);
         query_embed (Q, 2C) learned queries (None when two-stage)."""
@@ -80,17 +79,18 @@ class DeformableTransformer(nn.Module):
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([valid_ratio(m) for m in masks], 1)  # (B, L, 2)
 
-        memory = self.encoder(src_flat, spatial_shapes, level_start_index, valid_ratios, pos_flat, mask_flat)
-        B, _, C = memory.shape
-        enc_logits = enc_boxes = topk = None
+        memory = self.encoder(src=src_flat, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+                              valid_ratios=valid_ratios, pos=pos_flat, padding_mask=mask_flat)
+        B, Lv, C = memory.shape
+        enc_logits = enc_boxes = topk = proposal_valid = None
         if self.two_stage:
             out_memory, proposals = encoder_proposals(memory, mask_flat, spatial_shapes)
+            proposal_valid = torch.isfinite(proposals).all(-1)  # (B, Lv)
             out_memory = self.enc_output_norm(self.enc_output(out_memory))
             head = self.decoder.num_layers  # the extra (7th) class / box head scores proposals
             enc_logits = self.decoder.class_embed[head](out_memory)  # (B, Lv, K)
             enc_boxes = self.decoder.bbox_embed[head](out_memory) + proposals  # (B, Lv, 4)
-            k = min(self.num_queries, enc_logits.shape[1])
-            topk = torch.topk(enc_logits[..., 0], k, dim=1)[1]  # (B, Q)
+            topk = torch.topk(enc_logits[..., 0], self.query_count(Lv), dim=1)[1]  # (B, Q)
             coords = torch.gather(enc_boxes, 1, topk.unsqueeze(-1).expand(-1, -1, 4)).detach()
             reference_points = coords.sigmoid()
             pos_trans = self.pos_trans_norm(self.pos_trans(proposal_position_embedding(coords, C // 2)))
@@ -100,7 +100,10 @@ class DeformableTransformer(nn.Module):
             query_pos = query_pos.unsqueeze(0).expand(B, -1, -1)
             tgt = tgt.unsqueeze(0).expand(B, -1, -1)
             reference_points = self.reference_points(query_pos).sigmoid()  # (B, Q, 2)
-        dec = self.decoder(tgt, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,
-                           query_pos, mask_flat)
-        return TransformerOutput(dec, memory, spatial_shapes, level_start_index, valid_ratios,
-                                 enc_logits, enc_boxes, topk)
+        dec = self.decoder(tgt=tgt, reference_points=reference_points, src=memory, spatial_shapes=spatial_shapes,
+                           level_start_index=level_start_index, valid_ratios=valid_ratios, query_pos=query_pos,
+                           padding_mask=mask_flat)
+        return TransformerOutput(
+            decoder=dec, memory=memory, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+            valid_ratios=valid_ratios, enc_logits=enc_logits, enc_boxes_unact=enc_boxes, proposal_index=topk,
+            proposal_valid=proposal_valid)

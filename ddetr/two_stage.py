@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .padding import valid_sizes
+
 
 def encoder_proposals(memory: torch.Tensor, padding_mask: torch.Tensor, spatial_shapes: torch.Tensor):
     """Base proposals: a box centred on each valid pixel, of side 0.05 * 2^level.
@@ -16,16 +18,14 @@ def encoder_proposals(memory: torch.Tensor, padding_mask: torch.Tensor, spatial_
     B = memory.shape[0]
     proposals, cur = [], 0
     for lvl, (H, W) in enumerate(spatial_shapes.tolist()):
-        m = padding_mask[:, cur:cur + H * W].view(B, H, W)
-        valid_h = (~m[:, :, 0]).sum(1)  # (B,)
-        valid_w = (~m[:, 0, :]).sum(1)
+        valid_wh = valid_sizes(padding_mask[:, cur:cur + H * W].view(B, H, W))  # (B, 2) as (w, h)
         gy, gx = torch.meshgrid(
             torch.linspace(0, H - 1, H, dtype=torch.float32, device=memory.device),
             torch.linspace(0, W - 1, W, dtype=torch.float32, device=memory.device),
             indexing="ij",
         )
         grid = torch.cat([gx.unsqueeze(-1), gy.unsqueeze(-1)], -1)  # (H, W, 2)
-        scale = torch.cat([valid_w.unsqueeze(-1), valid_h.unsqueeze(-1)], 1).view(B, 1, 1, 2)
+        scale = valid_wh.view(B, 1, 1, 2)
         grid = (grid.unsqueeze(0).expand(B, -1, -1, -1) + 0.5) / scale  # (B, H, W, 2)
         wh = torch.ones_like(grid) * 0.05 * (2.0**lvl)
         proposals.append(torch.cat((grid, wh), -1).view(B, -1, 4))

@@ -117,7 +117,7 @@ def test_model_reference_points_and_proposals_agree_with_the_image_frame(shape):
         m = torch.nn.functional.interpolate(mask[None].float(), size=(-(-H // s), -(-W // s))).bool()[0]
         shapes.append(m.shape[-2:])
         masks.append(m)
-    from ddetr.transformer import valid_ratio
+    from ddetr.padding import valid_ratio
 
     vr = torch.stack([valid_ratio(m) for m in masks], 1)  # (1, L, 2)
     ss = torch.as_tensor(shapes)

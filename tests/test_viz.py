@@ -4,7 +4,6 @@ import base64
 import json
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,69 +11,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import ddetr
-from ddetr.capture import capture  # the function (the attribute ddetr.capture can be the module)
 import viz
-from ddetr.attention import MSDeformAttn
 from viz.heatmap import attention_maps, bilinear_corners, splat
 from viz.overlay import SAMPLING
 from viz.selection import Selection, decoder_table
 
-EXAMPLE_MODEL = Path("examples/default_model.safetensors")
-
-
-def example_image():
-    """The first shipped synthetic example, else a synthetic scene drawn here."""
-    files = sorted(Path("examples/synthetic").glob("*.png"))
-    if files:
-        return Image.open(files[0]).convert("RGB")
-    from ddetr.data.synthetic import render_scene
-
-    return render_scene(7)[0]
-
-
-def default_model():
-    """The shipped default model when present, else the small preset with random weights.
-
-    An untrained model's attention is uniform (the weight projection starts at zero) and its
-    boxes ignore the image (the last box layer starts at zero), so the random fallback
-    perturbs both: weights then differ and colour ranges are not degenerate.
-    """
-    if EXAMPLE_MODEL.exists():
-        from ddetr.checkpoint import load
-
-        model, _ = load(str(EXAMPLE_MODEL))
-        return model.eval()
-    torch.manual_seed(0)
-    model = ddetr.build_model(ddetr.preset("small", num_classes=8)).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, MSDeformAttn):
-                m.attention_weights.weight.normal_(0.0, 0.05)
-                m.sampling_offsets.weight.normal_(0.0, 0.02)
-        for head in model.bbox_embed:
-            head.layers[-1].weight.normal_(0.0, 0.01)
-    return model
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    torch.set_num_threads(2)
-    model = default_model()
-    image = example_image()
-    with capture(model) as session:
-        model.predict(image)
-    path = tmp_path_factory.mktemp("viz") / "capture.npz"
-    session.captures[0].save(path)
-    from ddetr.capture import Capture
-
-    cap = Capture.load(path)  # the file path: what `python -m viz --capture` draws
-    return model, image, cap, path
-
-
-@pytest.fixture(scope="module")
-def cap(setup):
-    return setup[2]
+def cap(captured):
+    return captured.capture
 
 
 @pytest.fixture(scope="module")

@@ -6,27 +6,16 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from ddetr.capture import capture  # the function (the attribute ddetr.capture can be the module)
 import viz
-from test_viz import default_model, example_image
 from viz.__main__ import main
 from viz.fastplot import validated
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    torch.set_num_threads(2)
-    model = default_model()
-    image = example_image()
-    with capture(model) as session:
-        model.predict(image)
-    cap = session.captures[0]
-    path = tmp_path_factory.mktemp("cli") / "capture.npz"
-    cap.save(path)
-    return model, image, cap, path
+def run(captured):
+    return captured.model, captured.image, captured.capture, captured.path
 
 
 def _not_blank(rgb):
@@ -112,9 +101,9 @@ def test_cli_errors_name_the_fix(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cli_runs_a_model_on_an_image(tmp_path):
+def test_cli_runs_a_model_on_an_image(run, tmp_path):
     img = tmp_path / "scene.png"
-    example_image().save(img)
+    run[1].save(img)
     out = tmp_path / "out"
     assert main(["--image", str(img), "--untrained", "small", "--out", str(out), "--threshold", "0",
                  "--max-detections", "1", "--formats", "pdf", "--gradients", "1", "--quiet"]) == 0

@@ -123,10 +123,9 @@ def lesson(capture, query: int, layer: int = -1, head: int | None = None, level:
     cells = [splat(level_px[l], w[head, l], int(g.spatial_shapes[l, 1]), int(g.spatial_shapes[l, 0])) for l in range(L)]
     m = capture.meta
     channels = _channels(capture)
-    names = capture.class_names
     return Lesson(
         query=int(query), layer=layer, head=head, level=int(level), point=int(point),
-        label=names[pts["label"]] if pts["label"] < len(names) else f"class {pts['label']}", score=float(pts["score"]),
+        label=capture.label_name(pts["label"]), score=float(pts["score"]),
         box_image_px=np.asarray(pts["box_image_px"], dtype=np.float64), reference=ref, reference_level_px=ref_level,
         reference_image_px=np.asarray(pts["reference_image_px"], dtype=np.float64)[0, :2],
         raw_offsets=np.asarray(pts["offsets"], dtype=np.float64)[head],

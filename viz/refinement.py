@@ -32,11 +32,10 @@ def trajectory(capture, query: int) -> dict:
     as xyxy (D, 4) (rows NaN while the reference is a point) or None when none is a box, and
     the label names."""
     t = dict(capture.trajectory(int(query)))
-    names = capture.class_names
     t["centres"] = np.asarray(t["reference_points"], dtype=np.float64)
     rb = np.asarray(t["reference_boxes"], dtype=np.float64)
     t["reference_boxes"] = None if np.isnan(rb).all() else box_cxcywh_to_xyxy(rb)
-    t["label_names"] = [names[i] if i < len(names) else f"class {i}" for i in np.asarray(t["labels"]).tolist()]
+    t["label_names"] = [capture.label_name(i) for i in np.asarray(t["labels"]).tolist()]
     return t
 
 

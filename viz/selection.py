@@ -173,8 +173,7 @@ def decoder_table(capture, query: int, selection: Selection = Selection()) -> Po
     """The sampling points of decoder ``query`` at ``selection.layer``."""
     layer = resolve_layer(capture, "decoder", selection.layer)
     pts = capture.decoder_points(layer, int(query))
-    names = capture.class_names
-    label = names[pts["label"]] if pts["label"] < len(names) else f"class {pts['label']}"
+    label = capture.label_name(pts["label"])
     return _table("decoder", layer, pts, selection, query=int(query),
                   box_image_px=np.asarray(pts["box_image_px"], dtype=np.float64), label=label, score=pts["score"])
 
