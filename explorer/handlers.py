@@ -35,10 +35,11 @@ class Handlers:
         self.c = SimpleNamespace(tab_out={}, actions={}, galleries=[])
 
     # ------------------------------------------------------------------ responses
-    def render(self, s, controls: bool = False) -> dict:
-        """What changed for session ``s``: the attention picture, status, legend, link, the tab
-        on screen; the detections picture and list only when they changed; the controls when
-        the session's view changed other than by them (``controls``)."""
+    def render(self, s, controls=()) -> dict:
+        """What changed for session ``s``: the attention picture, status, legend, link; the
+        detections picture and list only when they changed; ``controls``: the controls to set
+        from the session's view ("all", or some), those the change did not come from (echoing a
+        control's own value back would undo clicks the user made meanwhile)."""
         x, c = self.x, self.c
         out = {c.key: s.key, c.notice: "", c.status: words.status(x, s), c.link: self.link_text(s),
                c.url: urlstate.encode(urlstate.of_session(x, s))}
@@ -57,11 +58,14 @@ class Handlers:
                     s.cache["choices_sent"] = choices
                     s.cache["detections_shown"] = shown
         if controls:
-            out.update(self.controls_of(s))
-        return self._changed(s, out)
+            out.update({k: v for k, v in self.controls_of(s).items() if controls == "all" or k in controls})
+        return out
 
-    def _changed(self, s, out: dict) -> dict:
-        """``out`` without the text outputs the page already shows (fewer updates, less redraw)."""
+    def _changed(self, key, out: dict) -> dict:
+        """``out`` without the texts this page already shows (fewer updates, less redraw)."""
+        s = self.x.store.get(key)
+        if s is None:
+            return out
         sent = s.cache.setdefault("sent", {})
         for comp in (self.c.status, self.c.legend, self.c.link, self.c.url, self.c.notice):
             if comp in out and isinstance(out[comp], str):
@@ -107,8 +111,6 @@ class Handlers:
         """A refused change: says why; the controls go back to what the pictures show."""
         s = self.x.store.get(key)
         out = {self.c.notice: f"⚠ {message}"}
-        if s is not None:
-            s.cache.setdefault("sent", {})[self.c.notice] = out[self.c.notice]
         if s is not None and s.capture is not None:
             out.update(self.controls_of(s))
         return out
@@ -150,7 +152,7 @@ class Handlers:
                 pass
 
     # ------------------------------------------------------------------ views (never run the model)
-    def _view(self, key, box, change, controls: bool = False) -> dict:
+    def _view(self, key, box, change, controls=()) -> dict:
         s = self.x.with_capture(key)
         with s.lock:
             self._box(s, box)
@@ -187,11 +189,11 @@ class Handlers:
         return self._view(key, box, lambda s: self.x.set_view(
             s, layer=int(layer), heads=tuple(int(i) for i in (heads or [])),
             levels=tuple(int(i) for i in (levels or [])), color_by=str(color_by), top_k=int(top_k or 0),
-            merged=layout != "scales", enc_level=int(enc_level or 0)), controls=True)
+            merged=layout != "scales", enc_level=int(enc_level or 0)), controls=[self.c.follow])
 
     def follow_head(self, key, head, box=""):
         heads = None if head is None or int(head) < 0 else (int(head),)
-        return self._view(key, box, lambda s: self.x.set_view(s, heads=heads), controls=True)
+        return self._view(key, box, lambda s: self.x.set_view(s, heads=heads), controls=[self.c.heads])
 
     def set_zoom(self, key, zoom, box=""):
         return self._view(key, box, lambda s: self.x.set_view(s, zoom=bool(zoom)))
@@ -220,7 +222,7 @@ class Handlers:
             return out
 
     def click_tab(self, key, tab_id, u, v, box=""):
-        return self._view(key, box, lambda s: self.x.click_tab(s, str(tab_id), float(u), float(v)), controls=True)
+        return self._view(key, box, lambda s: self.x.click_tab(s, str(tab_id), float(u), float(v)), controls="all")
 
     def on_tab_image_select(self, key, tab_id, box="", evt: gr.SelectData = None):
         u, v = evt.index
@@ -255,13 +257,11 @@ class Handlers:
         try:
             lm = self.x.set_model(s, str(name), incomplete=incomplete)
         except IncompleteCheckpoint as e:
-            s.cache.get("sent", {}).pop(c.notice, None)  # the next change clears the notice
             s.pending_model = str(name)
             return {c.key: s.key, c.ckpt: gr.update(value=current), c.open_anyway: gr.update(visible=True),
                     c.notice: f"⚠ {e}. **Open anyway** loads what fits and leaves the rest randomly initialized "
                               "(a banner then names them); or choose another checkpoint."}
         except UserError as e:
-            s.cache.get("sent", {}).pop(c.notice, None)
             return {c.key: s.key, c.ckpt: gr.update(value=current), c.notice: f"⚠ {e}"}
         cfg = lm.model.cfg
         L, M = cfg.n_levels, cfg.n_heads
@@ -324,7 +324,7 @@ class Handlers:
             except UserError as e:
                 problems.append(str(e))
             with s.lock:
-                out.update(self.render(s, controls=True))
+                out.update(self.render(s, controls="all"))
                 if s.capture is not None:
                     out[self.c.example] = st.example
                     out[self.c.image_panel] = gr.Accordion(open=False)
@@ -354,7 +354,7 @@ class Handlers:
                 log.exception("unexpected error in %s", fn.__name__)
                 out = {self.c.notice: f"⚠ Internal error ({type(e).__name__}). The server keeps running; "
                                       "please try again or report it."}
-            out = {k: v for k, v in out.items() if k in keys}
+            out = self._changed(args[0] if args else None, {k: v for k, v in out.items() if k in keys})
             return out or [gr.skip()] * len(outputs)  # Gradio reads an empty dict as one missing value
         return run
 
