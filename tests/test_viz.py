@@ -39,7 +39,7 @@ def sampling_traces(fig):
 
 
 def trace_points(fig):
-    """(N, 2) x, y and (N, 11) customdata of every sampling-point trace of a plotly figure."""
+    """(N, 2) x, y and (N, 13) customdata of every sampling-point trace of a plotly figure."""
     tr = sampling_traces(fig)
     xy = np.concatenate([np.column_stack([t.x, t.y]) for t in tr])
     cd = np.concatenate([np.asarray(t.customdata) for t in tr])
@@ -186,6 +186,17 @@ def test_attention_picture_fits_its_box_and_clicks_map_back(cap, query, merged):
                     p.top <= v - 0.5 < p.top + p.height else None
                 if back is not None:
                     assert back == pytest.approx((x, y), abs=1e-6)
+
+
+def test_hover_names_the_cells_a_point_reads(cap, query):
+    from viz.overlay import read_cells
+
+    t = decoder_table(cap, query, Selection())
+    cd = t.customdata()
+    for k in range(len(t)):
+        cells = read_cells(t.level_px[k], cap.geometry.valid_wh[int(t.level[k])])
+        if len(cells) == 4:  # all inside the map: the first is the top-left one
+            assert (cd[k, 11], cd[k, 12]) == cells[0][:2]
 
 
 def test_labels_grow_with_the_picture(cap):
