@@ -48,15 +48,15 @@ class Handlers:
                 out[c.att_image] = x.attention_image(s)
                 out[c.legend] = words.legend_html(x, s)
                 shown = (id(s.capture), s.view.threshold, s.target, s.box)
-                if s.cache.get("detections_shown") != shown:
+                if s.page.get("detections_shown") != shown:
                     choices, value = x.detection_choices(s)
                     out[c.det_image] = x.detections_image(s)
                     # The list's choices only when they changed: re-sending them costs the browser more
                     # than drawing both pictures.
-                    same = s.cache.get("choices_sent") == choices
+                    same = s.page.get("choices_sent") == choices
                     out[c.det_list] = gr.update(value=value) if same else gr.update(choices=choices, value=value)
-                    s.cache["choices_sent"] = choices
-                    s.cache["detections_shown"] = shown
+                    s.page["choices_sent"] = choices
+                    s.page["detections_shown"] = shown
         if controls:
             out.update({k: v for k, v in self.controls_of(s).items() if controls == "all" or k in controls})
         return out
@@ -66,7 +66,7 @@ class Handlers:
         s = self.x.store.get(key)
         if s is None:
             return out
-        sent = s.cache.setdefault("sent", {})
+        sent = s.page.setdefault("sent", {})
         for comp in (self.c.status, self.c.legend, self.c.link, self.c.url, self.c.notice):
             if comp in out and isinstance(out[comp], str):
                 if sent.get(comp) == out[comp]:
@@ -91,9 +91,9 @@ class Handlers:
         shows this session's current state (its components keep their content while hidden)."""
         note, body = self.c.tab_out[tab_id]
         sig = self.x.tab_signature(s, tab_id)
-        if not force and s.cache.get(("tab_drawn", tab_id)) == sig:
+        if not force and s.page.get(("tab_drawn", tab_id)) == sig:
             return {}
-        s.cache[("tab_drawn", tab_id)] = sig
+        s.page[("tab_drawn", tab_id)] = sig
         drawn = self.x.draw_tab(s, tab_id)
         if TABS[tab_id].body == "file":
             return {note: drawn.note}
@@ -138,8 +138,7 @@ class Handlers:
         return self.detect_example(key, self.x.example_name(group, evt.index), threshold, box, progress)
 
     def _start(self, key, threshold, box):
-        s = self.x.session(key)
-        s.view.threshold = float(threshold if threshold is not None else self.threshold)
+        s = self.x.start(key, threshold if threshold is not None else self.threshold)
         self._box(s, box)
         return s
 
@@ -210,12 +209,10 @@ class Handlers:
 
     def show_tab(self, key, tab_id, box=""):
         """A tab came on screen: draw it now, and keep it current on every later change."""
-        if tab_id not in TABS:
-            raise UserError(f"unknown tab {tab_id!r}; tabs: {', '.join(TABS)}")
         s = self.x.session(key)  # a tab opened before any image is remembered too
         with s.lock:
             self._box(s, box)
-            s.active_tab = str(tab_id)
+            self.x.show_tab(s, str(tab_id))
             out = {self.c.key: s.key, **self.tab_update(s, s.active_tab, force=False)}
             out[self.c.url] = urlstate.encode(urlstate.of_session(self.x, s))
             out[self.c.link] = self.link_text(s)
@@ -257,7 +254,6 @@ class Handlers:
         try:
             lm = self.x.set_model(s, str(name), incomplete=incomplete)
         except IncompleteCheckpoint as e:
-            s.pending_model = str(name)
             return {c.key: s.key, c.ckpt: gr.update(value=current), c.open_anyway: gr.update(visible=True),
                     c.notice: f"⚠ {e}. **Open anyway** loads what fits and leaves the rest randomly initialized "
                               "(a banner then names them); or choose another checkpoint."}
@@ -289,11 +285,9 @@ class Handlers:
 
     def open_anyway(self, key, box="", progress=gr.Progress()):
         s = self.x.session(key)
-        name = getattr(s, "pending_model", None)
-        if not name:
+        if not s.pending_model:
             raise UserError("no checkpoint is waiting to be opened; choose one from the list")
-        s.pending_model = None
-        return self.set_checkpoint(key, name, box, progress, incomplete=True)
+        return self.set_checkpoint(key, s.pending_model, box, progress, incomplete=True)
 
     # ------------------------------------------------------------------ links
     def restore(self, key, box="", request: gr.Request = None):
@@ -306,13 +300,13 @@ class Handlers:
         problems = list(st.problems)
         if st.tab is not None:
             if st.tab in TABS:
-                s.active_tab = st.tab
+                self.x.show_tab(s, st.tab)
                 out[self.c.tabs] = gr.Tabs(selected=st.tab)
             else:
                 problems.append(f"tab={st.tab!r} is not a tab ({', '.join(TABS)})")
         if st.example:
             try:
-                s.view.threshold = self.threshold
+                s = self.x.start(s.key, self.threshold)
                 self.x.run(s, self.x.example_path(st.example), example=st.example)
                 with s.lock:
                     if st.det is not None:
