@@ -8,6 +8,10 @@ Front door::
     with ddetr.capture(model) as session:
         dets = model.predict(image, score_threshold=0.5)
 
+transformers detectors of the same attention (RT-DETR, Grounding DINO, ...; ``ddetr.hf_family``)
+load from a save_pretrained folder or hub id with the same front door, and ``ddetr.accelerate``
+runs their deformable attention on our op.
+
 Names are imported lazily: ``import ddetr`` imports neither torch nor the op, so an entry
 point can still set process-wide options first (``ddetr.openmp``), and
 ``python -m ddetr.data.synthetic`` does not build the op.
@@ -24,7 +28,7 @@ _LAZY = {
     "Detections": "postprocess", "Capture": "capture_io",
 }
 
-__all__ = [*_LAZY, "load", "capture"]
+__all__ = [*_LAZY, "load", "capture", "accelerate"]
 
 
 def __getattr__(name: str):
@@ -34,10 +38,35 @@ def __getattr__(name: str):
 
 
 def load(source, **kwargs):
-    """Load any supported checkpoint -> (model, report); see ``ddetr.checkpoint.load``."""
-    from .checkpoint import load as _load
+    """Load any supported checkpoint -> (model, report); see ``ddetr.checkpoint.load``.
 
-    return _load(source, **kwargs)
+    A transformers folder / hub id of another deformable-attention family (RT-DETR, Grounding
+    DINO, ...; ``ddetr.hf_family``), or a Deformable DETR whose backbone ours does not
+    implement, loads as a ``FamilyDetector`` with the same ``predict`` and capture.
+    """
+    from .checkpoint import CheckpointError, load as _load
+    from .hf_family.loading import family_model_type, load_family
+
+    family = family_model_type(source)
+    if family is not None and family != "deformable_detr":
+        return load_family(source, **kwargs)
+    try:
+        return _load(source, **kwargs)
+    except CheckpointError as refused:
+        if family is None:
+            raise
+        try:  # a Deformable DETR our model cannot hold exactly (Swin, timm names ...): run it as is
+            return load_family(source, note=f"not converted to ddetr's own model: {refused}", **kwargs)
+        except CheckpointError:
+            raise refused from None
+
+
+def accelerate(model) -> int:
+    """Swap a transformers detector's deformable attention for ``ops.ms_deform_attn``; returns
+    how many modules were swapped (see ``ddetr.hf_family.accelerate``)."""
+    from .hf_family.accelerate import accelerate as _accelerate
+
+    return _accelerate(model)
 
 
 class _Package(types.ModuleType):

@@ -63,7 +63,12 @@ def capture(model, *, encoder: bool | Sequence[int] = True, decoder: bool | Sequ
     dtype: storage of offsets, weights and self-attention (float16 or float32); references,
         boxes and logits stay float32.
     max_bytes: per-image budget; what does not fit is left out and listed (None: no limit).
+    ``model`` may also be a transformers detector of a supported family (``ddetr.hf_family``).
     """
+    from .hf_family import FamilyCaptureSession, is_family_model
+    if is_family_model(model):
+        return FamilyCaptureSession(model, encoder=encoder, decoder=decoder, queries=queries,
+                                    self_attention=self_attention, dtype=dtype, max_bytes=max_bytes)
     return CaptureSession(model, encoder=encoder, decoder=decoder, queries=queries,
                           self_attention=self_attention, dtype=dtype, max_bytes=max_bytes)
 

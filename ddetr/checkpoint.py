@@ -382,11 +382,16 @@ def _canonical_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
 
-def save(model: DeformableDETR, path, format: str = "ddetr") -> Path:
+def save(model: DeformableDETR, path, format: str = "ddetr", *, dtype: torch.dtype | None = None,
+         metadata: dict[str, str] | None = None) -> Path:
     """Write ``model`` as "ddetr" (one .safetensors with the config in its metadata),
     "official" (a .pth ``{'model': state_dict, 'args': Namespace}`` the official code loads) or
-    "hf" (a folder transformers' ``from_pretrained`` loads). Writes atomically; returns the path."""
+    "hf" (a folder transformers' ``from_pretrained`` loads). Writes atomically; returns the path.
+    "ddetr" only: ``dtype`` stores the floating tensors in that type (float16 halves a file;
+    ``load`` casts back to float32), ``metadata`` adds string entries (e.g. a training step)."""
     path = Path(path)
+    if format != "ddetr" and (dtype is not None or metadata):
+        raise ValueError(f"dtype and metadata apply to format='ddetr' only, not {format!r}")
     if format == "hf":
         path.mkdir(parents=True, exist_ok=True)
         backbone = "timm" if model.cfg.backbone == "resnet50" else "transformers ResNet"
@@ -401,8 +406,11 @@ def save(model: DeformableDETR, path, format: str = "ddetr") -> Path:
         _atomic(path / "model.safetensors", lambda p: save_file(sd, str(p), metadata={"format": "pt"}))
         return path
     if format == "ddetr":
-        meta = {"format": "ddetr", "format_version": FORMAT_VERSION, "config": model.cfg.to_json()}
+        meta = {**(metadata or {}), "format": "ddetr", "format_version": FORMAT_VERSION,
+                "config": model.cfg.to_json()}
         sd = _canonical_state_dict(model)
+        if dtype is not None:
+            sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
         _atomic(path, lambda p: save_file(sd, str(p), metadata=meta))
     elif format == "official":
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -10,7 +10,9 @@ gradient clipping at 0.1; plus an optional linear warm-up, which training from s
 
 Outputs in --out: checkpoint.pt (latest; resumable; `torch.load(weights_only=True)`),
 log.jsonl (one JSON object per log/eval event), curves.png, model.safetensors (the model in
-the project's format, written at each evaluation and at the end), stats_val.json.
+the project's format, written at each evaluation and at the end), stats_val.json, and with
+--snapshot-steps snapshots/step_NNNNNN.safetensors (float16 weights after those steps).
+The loop: ``setup`` builds a ``Run``; ``ddetr.engine.train_one_epoch`` runs an epoch.
 Resuming is exact: sample order and augmentation are functions of (seed, epoch, index), and
 the RNG state of every rank is stored.
 """
@@ -20,11 +22,11 @@ import argparse
 import ast
 import datetime
 import json
-import math
 import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ddetr.openmp import sleep_when_idle
@@ -38,10 +40,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ddetr.checkpoint import load as load_checkpoint
+from ddetr.checkpoint import save
 from ddetr.config import DDETRConfig, preset
 from ddetr.criterion import SetCriterion
-from ddetr.data.coco import CocoDetection, collate_padded
+from ddetr.data.coco import CocoDetection
 from ddetr.data.transforms import make_transforms, scales_for
+from ddetr.engine import LossWindow, SeededSamples, TrainState, epoch_batches, train_one_epoch
 from ddetr.evaluate import evaluate
 from ddetr.model import build_model
 
@@ -84,38 +89,6 @@ class LRSchedule:
 
     def state_dict(self) -> dict:
         return {"warmup_steps": self.warmup_steps, "lr_drop": self.lr_drop, "gamma": self.gamma}
-
-
-class SeededSamples(torch.utils.data.Dataset):
-    """Makes augmentation a function of (seed, epoch, index), independent of worker count and
-    of where a run was resumed. The caller's RNG streams are left untouched."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        s = hash((self.seed, self.epoch, index)) & (2 ** 62 - 1)  # ints hash deterministically
-        state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            random.seed(s)
-            torch.manual_seed(s)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(state)
-
-
-def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int) -> list[list[int]]:
-    """This rank's batches for an epoch: DistributedSampler's shuffle (same on every rank, padded
-    to a multiple of world), full batches only, so every rank runs the same number of steps."""
-    sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world, rank=rank,
-                                                  shuffle=True, seed=seed)
-    sampler.set_epoch(epoch)
-    idx = list(sampler)
-    return [idx[i:i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
 
 
 def rng_state() -> dict:
@@ -166,6 +139,17 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
     os.replace(tmp, png_path)
 
 
+def snapshot_steps(text: str) -> tuple[int, ...]:
+    """'0,100,300' -> (0, 100, 300): sorted, each once."""
+    try:
+        steps = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated step numbers, e.g. 0,100,300") from None
+    if not steps or steps[0] < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected step numbers >= 0, e.g. 0,100,300")
+    return tuple(steps)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -195,6 +179,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-steps", type=int, help="stop (as if finished) after this optimizer step")
     ap.add_argument("--max-minutes", type=float, help="pause with a checkpoint after this long")
     ap.add_argument("--resume", help="checkpoint.pt to continue from; 'auto': OUT/checkpoint.pt if present")
+    ap.add_argument("--snapshot-steps", type=snapshot_steps, default=(), metavar="S1,S2,...",
+                    help="also save the weights (float16, OUT/snapshots/step_NNNNNN.safetensors) after these "
+                         "optimizer steps; 0 is the initialization")
     ap.add_argument("--init", metavar="CKPT",
                     help="start from these weights (any format ddetr.checkpoint.load reads, e.g. the shipped "
                          "model) with a fresh optimizer; ignored when --resume finds a checkpoint")
@@ -232,15 +219,88 @@ def setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def train(args: argparse.Namespace) -> int:
+@dataclass
+class Run:
+    """One process's training run, built by `setup` and used by every epoch."""
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: torch.device
+    out: Path
+    cfg: DDETRConfig
+    model: torch.nn.Module
+    net: torch.nn.Module  # `model`, or its DistributedDataParallel wrapper
+    criterion: SetCriterion
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    samples: SeededSamples
+    val_set: CocoDetection | None  # rank 0 only
+    state: TrainState
+    snapshot_steps: frozenset[int]
+
+    @property
+    def main_proc(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "log.jsonl"
+
+    def log(self, row: dict) -> None:
+        if self.main_proc:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def checkpoint(self, reason: str) -> None:
+        rngs = [rng_state()]
+        if self.world > 1:
+            rngs = [None] * self.world
+            dist.all_gather_object(rngs, rng_state())
+        if self.main_proc:
+            st = self.state
+            atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.schedule.state_dict(), "epoch": st.epoch, "step": st.step,
+                         "batch_in_epoch": st.batch_in_epoch, "world_size": self.world,
+                         "batch_size": self.args.batch_size, "config": self.cfg.to_dict(),
+                         "train_args": vars(self.args), "rng": rngs, "reason": reason}, self.ckpt_path)
+
+    def evaluate(self) -> None:
+        if self.main_proc:
+            st = self.state
+            stats = evaluate(self.model, self.val_set, batch_size=self.args.batch_size * 2,
+                             max_images=self.args.eval_max_images, out_dir=self.out, progress=False)
+            self.log({"event": "eval", "step": st.step, "epoch": st.epoch, **stats})
+            plot_curves(self.log_path, self.out / "curves.png")
+            save(self.model, self.out / "model.safetensors")
+            tqdm.write(f"epoch {st.epoch} step {st.step}: AP {stats['AP']:.3f} AP50 {stats['AP50']:.3f}")
+        if self.world > 1:
+            dist.barrier()
+
+    def snapshot_if_due(self) -> None:
+        """Weights only, float16 (half the size; enough to draw sampling points and score AP),
+        as OUT/snapshots/step_NNNNNN.safetensors, which `ddetr.checkpoint.load` reads."""
+        st = self.state
+        if self.main_proc and st.step in self.snapshot_steps:
+            folder = self.out / "snapshots"
+            folder.mkdir(exist_ok=True)
+            save(self.model, folder / f"step_{st.step:06d}.safetensors", dtype=torch.float16,
+                 metadata={"step": str(st.step), "epoch": str(st.epoch),
+                           "images_seen": str(st.step * self.args.batch_size * self.world)})
+
+
+def setup(args: argparse.Namespace) -> Run:
+    """Processes, data, model, optimizer and state (fresh, from --init, or resumed)."""
     rank, world, device = setup_distributed(args.device)
     main_proc = rank == 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = out / "checkpoint.pt", out / "log.jsonl"
     resume = args.resume
     if resume == "auto":
-        resume = str(ckpt_path) if ckpt_path.exists() else None
+        resume = str(out / "checkpoint.pt") if (out / "checkpoint.pt").exists() else None
     ckpt = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
     torch.set_num_threads(min(torch.get_num_threads(), max(1, (os.cpu_count() or 1) // world)))
     if device.type == "cuda":
@@ -251,8 +311,6 @@ def train(args: argparse.Namespace) -> int:
     if ckpt is not None:
         cfg = DDETRConfig.from_dict(ckpt["config"])  # the architecture is the checkpoint's
     elif args.init:
-        from ddetr.checkpoint import load as load_checkpoint
-
         init_model, report = load_checkpoint(args.init)
         cfg = init_model.cfg
         if cfg.num_classes != train_set.num_classes:
@@ -275,18 +333,17 @@ def train(args: argparse.Namespace) -> int:
     if init_model is not None:
         model.load_state_dict(init_model.state_dict())
     model = model.to(device)
-    criterion = SetCriterion(cfg.num_classes)
     optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.lr_backbone, args.lr_linear_proj_mult),
                                   lr=args.lr, weight_decay=args.weight_decay)
-    schedule = LRSchedule(args.warmup_steps, args.lr_drop)
-    epoch, step, batch_in_epoch = 0, 0, 0
+    state = TrainState()
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        epoch, step, batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]
+        state = TrainState(ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"])
         if (ckpt["world_size"], ckpt["batch_size"]) != (world, args.batch_size):
             # The epoch's batches differ with another layout: restart it at the same fraction.
-            batch_in_epoch = batch_in_epoch * ckpt["world_size"] * ckpt["batch_size"] // (world * args.batch_size)
+            state.batch_in_epoch = (state.batch_in_epoch * ckpt["world_size"] * ckpt["batch_size"]
+                                    // (world * args.batch_size))
             if main_proc:
                 print(f"resume: {ckpt['world_size']}x{ckpt['batch_size']} -> {world}x{args.batch_size} "
                       "images per step; the epoch continues approximately", file=sys.stderr)
@@ -296,117 +353,46 @@ def train(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed + rank)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
+    return Run(args, rank, world, device, out, cfg, model, net, SetCriterion(cfg.num_classes), optimizer,
+               LRSchedule(args.warmup_steps, args.lr_drop), samples, val_set, state,
+               frozenset(args.snapshot_steps))
 
-    def checkpoint(reason: str) -> None:
-        rngs = [rng_state()]
-        if world > 1:
-            rngs = [None] * world
-            dist.all_gather_object(rngs, rng_state())
-        if main_proc:
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": schedule.state_dict(), "epoch": epoch, "step": step,
-                         "batch_in_epoch": batch_in_epoch, "world_size": world,
-                         "batch_size": args.batch_size, "config": cfg.to_dict(), "train_args": vars(args),
-                         "rng": rngs, "reason": reason}, ckpt_path)
 
-    def log(row: dict) -> None:
-        if main_proc:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+def train(args: argparse.Namespace) -> int:
+    run = setup(args)
+    st = run.state
+    run.snapshot_if_due()  # step 0: the initialization
+    steps_per_epoch = len(epoch_batches(len(run.samples), args.batch_size, run.world, run.rank, args.seed, 0))
+    total = args.epochs * steps_per_epoch
+    if args.max_steps is not None:
+        total = min(args.max_steps, total)
+    bar = tqdm(total=total, initial=min(st.step, total), disable=not run.main_proc, unit="step", dynamic_ncols=True)
+    started = time.time()
+    window = LossWindow(start=started)
 
-    def run_eval() -> None:
-        if main_proc:
-            stats = evaluate(model, val_set, batch_size=args.batch_size * 2,
-                             max_images=args.eval_max_images, out_dir=out, progress=False)
-            log({"event": "eval", "step": step, "epoch": epoch, **stats})
-            plot_curves(log_path, out / "curves.png")
-            from ddetr.checkpoint import save
-            save(model, out / "model.safetensors")
-            tqdm.write(f"epoch {epoch} step {step}: AP {stats['AP']:.3f} AP50 {stats['AP50']:.3f}")
-        if world > 1:
-            dist.barrier()
+    def more() -> bool:
+        return st.epoch < args.epochs and (args.max_steps is None or st.step < args.max_steps)
 
-    steps_per_epoch = len(epoch_batches(len(samples), args.batch_size, world, rank, args.seed, 0))
-    total = args.epochs * steps_per_epoch if args.max_steps is None else min(args.max_steps, args.epochs * steps_per_epoch)
-    bar = tqdm(total=total, initial=min(step, total), disable=not main_proc, unit="step", dynamic_ncols=True)
-    start = window_start = time.time()
-    window_images, sums, n_sums = 0, {}, 0
     status = "finished"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
-    while epoch < args.epochs and status == "finished" and (args.max_steps is None or step < args.max_steps):
-        samples.epoch = epoch
-        batches = epoch_batches(len(samples), args.batch_size, world, rank, args.seed, epoch)[batch_in_epoch:]
-        # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
-        # run's dropout masks would differ from an uninterrupted one's.
-        loader = torch.utils.data.DataLoader(
-            samples, batch_sampler=batches, num_workers=args.workers, collate_fn=collate_padded,
-            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(args.seed + epoch))
-        net.train()
-        for images, mask, targets in loader:
-            schedule.apply(optimizer, step, epoch)
-            images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-            with autocast:
-                outputs = net(images, mask)
-            losses = criterion(outputs, targets)
-            loss = criterion.weighted_total(losses)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {step}: loss is {loss.item()}; terms "
-                                         f"{ {k: round(v.item(), 4) for k, v in losses.items()} }")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), args.clip_max_norm if args.clip_max_norm > 0 else math.inf)
-            optimizer.step()
-            step, batch_in_epoch = step + 1, batch_in_epoch + 1
-            window_images += len(targets) * world
-            for k, v in {"loss": loss, "grad_norm": grad_norm, **losses}.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float()
-            n_sums += 1
-            bar.update(1)
-
-            if step % args.log_every == 0 or step == total:
-                keys = sorted(sums)
-                vals = torch.stack([sums[k] for k in keys]) / n_sums
-                if world > 1:
-                    dist.all_reduce(vals)
-                    vals /= world
-                row = dict(zip(keys, vals.tolist()))
-                now = time.time()
-                row.update(event="train", step=step, epoch=epoch, lr=optimizer.param_groups[0]["lr"],
-                           images_per_s=window_images / max(now - window_start, 1e-9))
-                log(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.1e}",
-                                img_s=f"{row['images_per_s']:.1f}")
-                window_start, window_images, sums, n_sums = now, 0, {}, 0
-            if args.max_steps is not None and step >= args.max_steps:
-                break
-            if step % args.ckpt_every == 0:
-                checkpoint("periodic")
-            if args.max_minutes is not None:
-                over = torch.tensor([float(time.time() - start > 60 * args.max_minutes)], device=device)
-                if world > 1:
-                    dist.all_reduce(over, op=dist.ReduceOp.MAX)  # all ranks stop at the same step
-                if over.item():
-                    status = "paused"
-                    break
+    while status == "finished" and more():
+        status = train_one_epoch(run, total, window, bar, started)
         if status == "paused":
             break
-        if batch_in_epoch >= steps_per_epoch:
-            epoch, batch_in_epoch = epoch + 1, 0
-        more = epoch < args.epochs and (args.max_steps is None or step < args.max_steps)
-        if more and batch_in_epoch == 0:  # the last evaluation and checkpoint come below
-            if args.eval_every > 0 and epoch % args.eval_every == 0:
-                run_eval()
-            checkpoint("epoch end")
+        if st.batch_in_epoch >= steps_per_epoch:
+            st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+        if more() and st.batch_in_epoch == 0:  # the last evaluation and checkpoint come below
+            if args.eval_every > 0 and st.epoch % args.eval_every == 0:
+                run.evaluate()
+            run.checkpoint("epoch end")
     bar.close()
-    checkpoint(status)
-    log({"event": status, "step": step, "epoch": epoch, "minutes": (time.time() - start) / 60})
+    run.checkpoint(status)
+    run.log({"event": status, "step": st.step, "epoch": st.epoch, "minutes": (time.time() - started) / 60})
     if status == "finished":
-        run_eval()
-    elif main_proc:
-        print(f"paused after {args.max_minutes} minutes at step {step}; continue with --resume {ckpt_path}",
+        run.evaluate()
+    elif run.main_proc:
+        print(f"paused after {args.max_minutes} minutes at step {st.step}; continue with --resume {run.ckpt_path}",
               file=sys.stderr)
-    if world > 1:
+    if run.world > 1:
         dist.destroy_process_group()
     return 0
 

@@ -65,7 +65,7 @@ def random_model(seed: int = 0, preset: str = "small") -> LoadedModel:
 
 def startup_model(args) -> LoadedModel:
     """The model named on the command line; never a silent fallback (DESIGN.md, principle 12)."""
-    from ddetr.checkpoint import load
+    from ddetr import load  # also transformers detectors (ddetr.hf_family)
 
     if args.random_weights:
         lm = random_model(args.seed)
@@ -102,7 +102,8 @@ def launch_kwargs(args=None, **overrides) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Deformable DETR Explorer (Gradio)")
-    ap.add_argument("--checkpoint", help="checkpoint to load (official .pth, transformers folder, ours .safetensors); "
+    ap.add_argument("--checkpoint", help="checkpoint to load (official .pth, transformers folder, ours .safetensors; "
+                                         "also a transformers RT-DETR, Grounding DINO, ... folder: ddetr.hf_family); "
                                          f"default {_shown(DEFAULT_CHECKPOINT)}")
     ap.add_argument("--checkpoint-dir", help="offer the checkpoints found in this folder in a dropdown")
     ap.add_argument("--random-weights", action="store_true",

@@ -137,6 +137,14 @@ class Handlers:
     def on_gallery(self, key, group, threshold, box="", evt: gr.SelectData = None, progress=gr.Progress()):
         return self.detect_example(key, self.x.example_name(group, evt.index), threshold, box, progress)
 
+    def set_prompt(self, key, text, box="", progress=gr.Progress()):
+        """What an open-vocabulary model detects ("cat. remote control."); re-runs the image."""
+        s = self.x.session(key)
+        self._box(s, box)
+        self.x.set_prompt(s, str(text or ""), progress)
+        with s.lock:
+            return self.render(s)
+
     def _start(self, key, threshold, box):
         s = self.x.start(key, threshold if threshold is not None else self.threshold)
         self._box(s, box)
@@ -270,6 +278,7 @@ class Handlers:
             c.enc_level: gr.update(choices=list(range(L)), value=0),
             c.follow: gr.update(choices=[("all heads", -1)] + [(f"head {m}", m) for m in range(M)], value=-1),
             c.header: words.model_header(lm), c.ckpt: gr.update(value=lm.name), c.open_anyway: gr.update(visible=False),
+            c.prompt: gr.update(visible=bool(getattr(lm.model, "needs_text", False))),
             c.det_image: None, c.att_image: None, c.det_list: gr.update(choices=[], value=None), c.legend: "",
             c.image_panel: gr.Accordion(open=True)})
         for note, body in c.tab_out.values():

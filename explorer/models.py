@@ -71,7 +71,7 @@ class ModelRegistry:
             if name not in self._paths:
                 raise UserError(f"unknown checkpoint {name!r}; choose one of: {', '.join(self.names)}")
             path = self._paths[name]
-        from ddetr.checkpoint import load  # imported late: loading is rare, the module is large
+        from ddetr import load  # also transformers detectors (ddetr.hf_family)  # imported late: loading is rare, the module is large
 
         try:
             with warnings.catch_warnings():  # the page's banner names the missing tensors

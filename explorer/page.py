@@ -106,12 +106,12 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
         c.notice = gr.Markdown("", elem_id="notice")
         with gr.Row(equal_height=False):
             with gr.Column(scale=0, min_width=270, elem_id="sidebar"):
-                _sidebar(c, ex, ex_names, threshold)
+                _sidebar(c, ex, ex_names, threshold, bool(getattr(startup.model, "needs_text", False)))
             with gr.Column(scale=1):
                 _pictures_and_controls(c, cfg)
         with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as c.tabs:
             for tab in TABS.values():
-                _tab(c, tab)
+                _tab(c, tab, h)
         with gr.Row(visible=False):  # inputs of the plain API endpoints
             c.x_in, c.y_in = gr.Number(label="x"), gr.Number(label="y")
             c.text_in = gr.Textbox()
@@ -123,7 +123,10 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
     return demo
 
 
-def _sidebar(c, ex, ex_names, threshold) -> None:
+def _sidebar(c, ex, ex_names, threshold, prompt: bool) -> None:
+    # Open-vocabulary models (Grounding DINO, OmDet-Turbo: ddetr.hf_family) detect what is named here.
+    c.prompt = gr.Textbox(label="Detect (text prompt)", placeholder="cat. remote control.", visible=prompt,
+                          elem_id="prompt", info="Class names separated by '.'; Enter runs the model again.")
     with gr.Accordion("Image: upload or pick an example", open=True, elem_id="image-panel") as c.image_panel:
         c.upload = gr.Image(type="filepath", label="Upload an image", sources=["upload", "clipboard"], height=130,
                             elem_id="upload")
@@ -177,7 +180,7 @@ def _pictures_and_controls(c, cfg) -> None:
     c.controls = [c.layer, c.heads, c.levels, c.color_by, c.top_k, c.layout, c.enc_level]
 
 
-def _tab(c, tab) -> None:
+def _tab(c, tab, h) -> None:
     with gr.Tab(tab.title, id=tab.id):
         gr.Markdown(tab.help, elem_classes="ddetr-help")
         if tab.action is not None:
@@ -197,6 +200,9 @@ def _tab(c, tab) -> None:
                             buttons=["fullscreen"])
         elif tab.body == "file":
             body = gr.File(elem_id=f"file-{tab.id}", label="Download", interactive=False)
+        elif tab.body == "custom":
+            body = gr.Markdown("", visible=False)
+            tab.build(c, h)
         else:
             body = gr.Markdown("", elem_id=f"body-{tab.id}")
         c.tab_out[tab.id] = (note, body)

@@ -66,26 +66,66 @@ class Explorer:
 
     def run(self, s: Session, path, progress=None, example: str | None = None) -> None:
         """Open ``path`` (an upload or an example), run the model once under a capture."""
-        from ddetr.capture import capture
-
         step = progress or (lambda *a, **k: None)
         step(0.05, desc="reading the image")
         image, notes = read_image(path, [*self.upload_roots, *self.example_roots], self.max_pixels)
-        lm = self.model_of(s)
         step(0.2, desc="running the model and capturing every sampling point")
-        with lm.lock, self.timings.timer("model"):
-            with capture(lm.model, max_bytes=self.capture_bytes) as session:
-                lm.model.predict(image)
-            lm.runs += 1
+        captured = self.predict(s, image)
         with s.lock:
             s.reset()
-            s.capture = session.captures[0]
+            s.capture = captured
             s.image_name, s.example = Path(path).name, example
             s.notes = notes + [f"not captured (memory budget): {x}" for x in s.capture.left_out if "MB" in x]
             best = self.visible(s)
             s.target = ("detection", best[0][0]) if best else None
         self.store.touch(s.key)
         step(0.9, desc="drawing")
+
+    @staticmethod
+    def prompt_of(s: Session, lm: LoadedModel) -> dict:
+        """predict's text argument: the session's prompt for open-vocabulary models (ddetr.hf_family)."""
+        if not getattr(lm.model, "needs_text", False):
+            return {}
+        if not s.prompt.strip():
+            raise UserError("this model detects what you name: type a prompt first, e.g. 'cat. remote control.'")
+        return {"text": s.prompt}
+
+    def set_prompt(self, s: Session, text: str, progress=None) -> None:
+        """Ask an open-vocabulary model for ``text`` ("cat. dog."); re-runs the current image."""
+        from ddetr.hf_family.detector import phrases_of
+
+        lm = self.model_of(s)
+        if not getattr(lm.model, "needs_text", False):
+            raise UserError("this model has a fixed set of classes; it takes no prompt")
+        try:
+            phrases_of(text or "")
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        s.prompt = text.strip()
+        if s.capture is None:  # remembered for the next image
+            return
+        if progress:
+            progress(0.2, desc="running the model and capturing every sampling point")
+        captured = self.predict(s, s.capture.image)
+        with s.lock:  # the same image (name, example, notes kept) with the new classes
+            name, example, notes = s.image_name, s.example, s.notes
+            s.reset()
+            s.capture, s.image_name, s.example, s.notes = captured, name, example, notes
+            best = self.visible(s)
+            s.target = ("detection", best[0][0]) if best else None
+        self.store.touch(s.key)
+
+    def predict(self, s: Session, image):
+        """Run the session's model once on ``image`` under a capture -> the ``Capture``."""
+        from ddetr.capture import capture
+
+        lm = self.model_of(s)
+        prompt = self.prompt_of(s, lm)
+        with lm.lock, self.timings.timer("model"):
+            with capture(lm.model, max_bytes=self.capture_bytes) as session:
+                lm.model.predict(image, **prompt)
+            lm.runs += 1
+        return session.captures[0]
 
     def set_model(self, s: Session, name: str, incomplete: bool = False) -> LoadedModel:
         """Switch this session to checkpoint ``name`` (loads it on first use); a failure leaves
@@ -147,6 +187,9 @@ class Explorer:
             if hits:
                 s.target = ("detection", min(hits)[1])
                 return
+        if not s.capture.meta.get("enc_layers"):
+            raise UserError(f"this model ({s.capture.meta['variant']}) has no deformable encoder: a pixel has "
+                            "no sampling points of its own; click a detection's box")
         s.target = ("pixel", (float(x), float(y)))
 
     def click_detections(self, s: Session, u: float, v: float) -> None:
@@ -370,6 +413,9 @@ class Explorer:
         if ("gradients", q) in s.cache:
             return
         lm = self.model_of(s)
+        if getattr(lm.model, "family", None) is not None:  # a transformers detector (ddetr.hf_family)
+            raise UserError(f"gradient maps are computed for Deformable DETR checkpoints; this is a "
+                            f"{lm.model.family.title} model")
         if progress:
             progress(0.1, desc="forward and backward passes through the model")
         with lm.lock, self.timings.timer("gradients"):

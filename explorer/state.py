@@ -56,6 +56,7 @@ class Session:
     # What the page was last sent (explorer.handlers' memo, to leave out what it already shows).
     page: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what happened to the input (conversions)
+    prompt: str = ""  # what an open-vocabulary model (Grounding DINO, OmDet-Turbo) is asked to detect
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property

@@ -49,6 +49,8 @@ register(Tab("trajectory", "Refinement", "Iterative box refinement (paper sec. 4
 def draw_proposals(capture, selected: Selected, view) -> Drawn:
     from viz.proposals import proposals_figure
 
+    if "proposals/boxes" not in capture.arrays and capture.meta.get("family"):
+        return Drawn(f"*Encoder proposals are not recorded for transformers models ({capture.meta['variant']}).*")
     if "proposals/boxes" not in capture.arrays:
         return Drawn(f"*This model ({capture.meta['variant']}) is not two-stage: its queries are learned "
                      "embeddings, not encoder proposals.*")
@@ -139,29 +141,33 @@ register(Tab("statistics", "Statistics", "Over all shown detections: mass per le
 
 # ----------------------------------------------------------------------------- learn
 def draw_learn(capture, selected: Selected, view) -> Drawn:
-    from viz.lesson import lesson, lesson_markdown
-    from viz.lesson_view import lesson_figure
-
-    if selected.query is None:
-        return Drawn(NEED_QUERY)
-    layer = selected.decoder.layer
-    heads = selected.decoder.heads
-    head = heads[0] if heads is not None and len(heads) == 1 else None
-    return Drawn(lesson_markdown(lesson(capture, selected.query, layer, head)),
-                 lesson_figure(capture, selected.query, layer, head))
+    # The lesson draws itself below (explorer.learn_page); this note only says what it follows.
+    return Drawn("*The lesson below starts on the teaching example; under Follow choose this page's image "
+                 "and selection to learn on this image.*")
 
 
-register(Tab("learn", "Learn", "New to deformable attention? This walks through Eq. 3 of the paper for the "
-             "selected query, one step at a time, with its real numbers: reference point, offsets, bilinear "
-             "sampling, the softmax over levels and points, the weighted sum, and what it saves over dense "
-             "attention. Use 'Follow head' to follow one head (default: the head of the heaviest point).",
-             draw_learn))
+def build_learn(c, handlers) -> None:
+    from .learn_page import build  # Gradio components: imported only by the page
+
+    build(c, handlers)
+
+
+register(Tab("learn", "Learn", "New to deformable attention? A guided lesson on Eq. 3 of the paper with the "
+             "model's real numbers, one step at a time (Prev / Next): the feature pyramid, the query and its "
+             "reference point, heads, offsets, bilinear sampling, attention weights, the weighted sum, the cost "
+             "against dense attention, and the layers. It starts on a teaching example chosen because its heads "
+             "visibly specialise; follow this page's image instead, an encoder pixel, a single head, or click a "
+             "point. 'What if' moves a point and reruns the op; 'How it learned' shows training snapshots.",
+             draw_learn, body="custom", build=build_learn))
 
 
 # ----------------------------------------------------------------------------- gradients (Figure 5)
 def draw_gradients(capture, selected: Selected, view) -> Drawn:
     from viz.gradients import gradient_figure
 
+    if capture.meta.get("family"):  # ddetr.gradients differentiates ddetr's own model
+        return Drawn(f"*Gradient maps are computed for Deformable DETR checkpoints; this is a transformers "
+                     f"{capture.meta['variant']} model.*")
     if selected.query is None:
         return Drawn(NEED_QUERY)
     grads = selected.cache.get(("gradients", selected.query))

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-BODIES = ("plot", "image", "markdown", "file")
+BODIES = ("plot", "image", "markdown", "file", "custom")
 NEED_QUERY = "*Select a detection (click its box or pick it from the list) to see this.*"
 NEED_IMAGE = "*Run an image first: upload one or pick an example.*"
 
@@ -86,10 +86,15 @@ class Tab:
     # "image" bodies may be clicked: (capture, selected, view, x, y) in picture pixels -> the
     # view fields to set (e.g. {"layer": 2, "heads": (5,)}), or None when the click hit nothing.
     click: Callable | None = None
+    # "custom" bodies build their own components and events: build(c, handlers) inside the
+    # tab (the Learn lesson, with its stepper and controls); ``draw`` then fills only the note.
+    build: Callable | None = None
 
     def __post_init__(self) -> None:
         if self.body not in BODIES:
             raise ValueError(f"tab {self.id!r}: body must be one of {BODIES}, got {self.body!r}")
+        if (self.body == "custom") != (self.build is not None):
+            raise ValueError(f"tab {self.id!r}: a 'custom' body needs build(), and only it takes one")
         if not self.id.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"tab id {self.id!r}: letters, digits, '-' and '_' only (it is part of element ids)")
 

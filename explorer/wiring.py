@@ -16,7 +16,7 @@ def wire(h, demo, model_events: dict, tab_js: str, box_js: str, url_js: str) -> 
     tab_comps = [comp for pair in c.tab_out.values() for comp in pair]
     main = [c.key, c.det_image, c.att_image, c.det_list, c.status, c.legend, c.link, c.url, c.notice,
             c.image_panel, c.example, *c.controls, c.follow, c.zoom, c.threshold, c.tabs]
-    ckpt_out = [*main, *tab_comps, c.header, c.ckpt, c.open_anyway]
+    ckpt_out = [*main, *tab_comps, c.header, c.ckpt, c.open_anyway, c.prompt]
     page, api = h._page, h._api
     box = c.box
 
@@ -39,6 +39,7 @@ def wire(h, demo, model_events: dict, tab_js: str, box_js: str, url_js: str) -> 
     on(c.example.select, h.detect_example, [c.example, c.threshold], model=True, show_progress="full")
     for group, gal in c.galleries:
         on(gal.select, h.on_gallery, [gr.State(group), c.threshold], model=True, show_progress="full")
+    on(c.prompt.submit, h.set_prompt, [c.prompt], model=True, show_progress="full")
     on(c.det_list.select, h.select_detection, [c.det_list])
     on(c.det_image.select, h.on_det_select, [])
     on(c.att_image.select, h.on_att_select, [])
@@ -76,6 +77,7 @@ def wire(h, demo, model_events: dict, tab_js: str, box_js: str, url_js: str) -> 
 
     endpoint(h.detect, [c.upload, c.threshold], "detect", model=True, preprocess=False)
     endpoint(h.detect_example, [text, c.threshold], "detect_example", model=True)
+    endpoint(h.set_prompt, [text], "set_prompt", model=True)
     endpoint(h.select_detection, [x], "select_detection")
     endpoint(h.click, [x, y], "click")
     endpoint(h.click_pixel, [x, y], "click_pixel")

@@ -140,7 +140,7 @@ def test_a_tab_opened_before_the_image_fills_in(page):
     wait_text(page, "#note-learn", "Run an image first")
     page.locator("#gallery-synthetic button.thumbnail-item").first.click()
     wait_text(page, "#status", "scene_0.png")
-    wait_text(page, "#note-learn", "Reference point")  # the lesson, without leaving the tab
+    wait_text(page, "#note-learn", "this page's image")  # filled in without leaving the tab
     assert page.input_value("#example input") == "scene_0.png"  # the gallery choice is the Example too
     shot(page, "1_learn_after_image")
     no_errors(page)
@@ -237,7 +237,7 @@ def test_a_link_restores_the_view(page, served):
     levels = page.eval_on_selector_all("#levels input[type=checkbox]:checked",
                                        "els => els.map(e => e.parentElement.innerText.trim())")
     assert levels == ["0", "1"]
-    wait_text(page, "#note-learn", "Reference point")
+    wait_text(page, "#note-learn", "this page's image")  # the tab on screen is drawn
     assert "example=scene_1.png" in page.evaluate("location.search")
     shot(page, "6_link")
     no_errors(page)

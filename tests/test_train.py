@@ -79,8 +79,8 @@ def test_resume_continues_exactly(synthetic, tmp_path):
     """6 steps in one go == 3 steps + resume for 3 (4 steps per epoch: crosses an epoch end),
     with a different number of loader workers, and dropout on."""
     main(_train_args(synthetic, tmp_path / "a", "--max-steps", "6"))
-    main(_train_args(synthetic, tmp_path / "b", "--max-steps", "3", "--workers", "1"))
-    main(_train_args(synthetic, tmp_path / "b", "--max-steps", "6", "--resume", "auto"))
+    main(_train_args(synthetic, tmp_path / "b", "--max-steps", "3", "--workers", "1", "--snapshot-steps", "2,5"))
+    main(_train_args(synthetic, tmp_path / "b", "--max-steps", "6", "--resume", "auto", "--snapshot-steps", "2,5"))
     a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     for ra, rb in zip(a, b):
@@ -89,6 +89,34 @@ def test_resume_continues_exactly(synthetic, tmp_path):
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (6, 1, 2)
     assert (tmp_path / "b" / "model.safetensors").is_file() and (tmp_path / "b" / "curves.png").is_file()
     assert len(_rows(tmp_path / "b", "eval")) == 2  # one per finished invocation
+    snaps = sorted(p.name for p in (tmp_path / "b" / "snapshots").iterdir())
+    assert snaps == ["step_000002.safetensors", "step_000005.safetensors"]  # one before, one after resuming
+
+
+def test_snapshots_are_the_weights_at_those_steps(synthetic, tmp_path):
+    """--snapshot-steps 0,2: float16 copies of the weights at initialization and after step 2,
+    loadable by ddetr.checkpoint.load, with the step in their metadata."""
+    from safetensors import safe_open
+
+    from ddetr.checkpoint import load
+
+    main(_train_args(synthetic, tmp_path, "--max-steps", "2", "--snapshot-steps", "2,0"))
+    final, _ = load(tmp_path / "model.safetensors")  # written at the end: the weights after step 2
+    snap = tmp_path / "snapshots" / "step_000002.safetensors"
+    with safe_open(str(snap), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert (meta["step"], meta["epoch"], meta["images_seen"]) == ("2", "0", "4")
+    assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float16}
+    loaded, _ = load(snap)
+    for (name, a), b in zip(final.state_dict().items(), loaded.state_dict().values()):
+        if a.is_floating_point():
+            assert torch.equal(a.half().float(), b), name
+    init, _ = load(tmp_path / "snapshots" / "step_000000.safetensors")  # saved before the first step
+    assert any(not torch.equal(a, b) for a, b in zip(init.state_dict().values(), loaded.state_dict().values())
+               if a.is_floating_point())
+    with pytest.raises(SystemExit):
+        main(_train_args(synthetic, tmp_path / "bad", "--snapshot-steps", "1,x"))
 
 
 def test_init_starts_from_saved_weights(synthetic, tmp_path):

@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gradients", type=int, default=3, help="Figure-5 gradient maps for the best N detections "
                    "(a backward pass each; 0 to skip; needs a model, not --capture)")
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    p.add_argument("--text", help="what to detect, for open-vocabulary checkpoints (Grounding DINO, OmDet-Turbo): "
+                   "'cat. remote control.'")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -60,7 +62,7 @@ def _load_model(args):
     if ckpt is None:
         _fail(f"no checkpoint: pass --checkpoint PATH, put the default model at {DEFAULT_CHECKPOINT}, "
               "or use --untrained small to see the figures of an untrained model")
-    from ddetr.checkpoint import load
+    from ddetr import load
 
     try:
         model, report = load(ckpt, device=args.device)
@@ -103,16 +105,26 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             _fail(f"cannot read image {args.image}: {e}")
         model = _load_model(args)
+        prompt = {}
+        if getattr(model, "needs_text", False):
+            if not args.text:
+                _fail("this checkpoint detects what a text prompt names: pass --text 'cat. dog.'")
+            prompt = {"text": args.text}
+        elif args.text:
+            _fail("--text is for open-vocabulary checkpoints; this one has a fixed set of classes")
         try:
             with open_capture(model) as session:
-                model.predict(image)
-        except ImageError as e:
+                model.predict(image, **prompt)
+        except (ImageError, ValueError) as e:
             _fail(str(e))
         capture = session.captures[0]
         out.mkdir(parents=True, exist_ok=True)
         capture.save(out / "capture.npz")
         name = Path(args.image).name
-        if args.gradients > 0:
+        if args.gradients > 0 and getattr(model, "family", None) is not None:  # a transformers detector (ddetr.hf_family)
+            if not args.quiet:
+                print("note: gradient maps (Figure 5) are drawn for Deformable DETR checkpoints only", file=sys.stderr)
+        elif args.gradients > 0:
             from tqdm.auto import tqdm
 
             from ddetr.gradients import box_gradients

@@ -16,8 +16,14 @@ Formulas of Zhu et al., "Deformable DETR", ICLR 2021 (arXiv 2010.04159):
 
 Below, every term is counted as multiply-adds for the shapes of this very image. The value
 projection is counted as the implementation does it (official code and ours: project all N_v
-tokens once, ``value_proj``), i.e. the HW C^2 branch of the min. Softmax, layer norms and the
-feed-forward network are left out on both sides, as in the paper.
+tokens once, ``value_proj``), i.e. the HW C^2 branch of the min, even where the other branch
+would be smaller (the decoder: N_q L K < N_v). ``AttentionCost.formula`` is the sum of exactly
+the counted terms; ``paper_formula`` is the paper's O(.) form it comes from. Softmax, layer
+norms and the feed-forward network are left out on both sides, as in the paper.
+
+Memory: what one module holds per image for its attention, in float32 (``attention_bytes``):
+dense attention M N_q N_k weights; deformable attention M N_q L K weights plus 2 M N_q L K
+sampling coordinates.
 """
 from __future__ import annotations
 
@@ -40,12 +46,19 @@ class AttentionCost:
     n_keys: int
     pairs: int
     terms: dict[str, int] = field(default_factory=dict)
-    formula: str = ""
+    formula: str = ""  # the sum of exactly the counted terms
     source: str = ""
+    paper_formula: str = ""  # the paper's O(.) form
+    attention_floats: int = 0  # per-image attention state: weights (+ sampling coordinates)
 
     @property
     def macs(self) -> int:
         return int(sum(self.terms.values()))
+
+    @property
+    def attention_bytes(self) -> int:
+        """float32 bytes of ``attention_floats``."""
+        return 4 * int(self.attention_floats)
 
 
 def dense_attention_cost(n_queries: int, n_keys: int, channels: int, heads: int,
@@ -54,15 +67,16 @@ def dense_attention_cost(n_queries: int, n_keys: int, channels: int, heads: int,
     (values) + N_q C^2 (output) + N_q N_k C (logits) + N_q N_k C (weighted sum)."""
     q, k, c = int(n_queries), int(n_keys), int(channels)
     terms = {
-        "query projection N_q C^2": q * c * c,
-        "key projection N_k C^2": k * c * c,
-        "value projection N_k C^2": k * c * c,
-        "output projection N_q C^2": q * c * c,
+        "query projection N_q C²": q * c * c,
+        "key projection N_k C²": k * c * c,
+        "value projection N_k C²": k * c * c,
+        "output projection N_q C²": q * c * c,
         "logits q.k N_q N_k C": q * k * c,
         "weighted sum N_q N_k C": q * k * c,
     }
     return AttentionCost(name, q, k, int(heads) * q * k, terms,
-                         "O(N_q C^2 + N_k C^2 + N_q N_k C)", f"{CITATION}, sec. 3, Eq. 1")
+                         "2 N_q C² + 2 N_k C² + 2 N_q N_k C", f"{CITATION}, sec. 3, Eq. 1",
+                         "O(N_q C² + N_k C² + N_q N_k C)", int(heads) * q * k)
 
 
 def deformable_attention_cost(n_queries: int, n_values: int, channels: int, heads: int, levels: int,
@@ -73,13 +87,14 @@ def deformable_attention_cost(n_queries: int, n_values: int, channels: int, head
     q, v, c, m, lk = int(n_queries), int(n_values), int(channels), int(heads), int(levels) * int(points)
     terms = {
         "offsets + weights 3 N_q C M L K": 3 * q * c * m * lk,
-        "value projection N_v C^2": v * c * c,
-        "output projection N_q C^2": q * c * c,
+        "value projection N_v C²": v * c * c,
+        "output projection N_q C²": q * c * c,
         "bilinear + weighted sum 5 N_q L K C": 5 * q * lk * c,
     }
     return AttentionCost(name, q, v, m * q * lk, terms,
-                         "O(N_q C^2 + min(N_v C^2, N_q L K C^2) + 5 N_q L K C + 3 N_q C M L K)",
-                         f"{CITATION}, appendix A.1 (K -> LK, HW -> N_v for Eq. 3)")
+                         "3 N_q C M L K + N_v C² + N_q C² + 5 N_q L K C",
+                         f"{CITATION}, appendix A.1 (K -> LK, HW -> N_v for Eq. 3)",
+                         "O(N_q C² + min(N_v C², N_q L K C²) + 5 N_q L K C + 3 N_q C M L K)", 3 * m * q * lk)
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,23 @@ def image_cost(spatial_shapes, channels: int, heads: int, points: int, n_queries
         deformable_attention_cost(n_queries, n, channels, heads, L, points, "decoder, deformable cross-attention"),
         int(enc_layers), int(dec_layers),
     )
+
+
+def pyramid_shapes(height: int, width: int, levels: int = 4) -> tuple[tuple[int, int], ...]:
+    """(H_l, W_l) of the multi-scale maps of a ResNet backbone for an input of that size:
+    strides 8, 16, 32 (C3-C5) and one more stride-2 convolution per extra level. Every
+    stride-2 layer (3x3 or 7x7, padding (k - 1) / 2) maps n to ceil(n / 2), so the stride-8 map
+    is three halvings of the input; 800 x 1333 gives 100x167, 50x84, 25x42, 13x21."""
+    if height < 1 or width < 1 or levels < 1:
+        raise ValueError(f"image size and levels must be positive, got {height}x{width}, {levels} levels")
+    h, w = int(height), int(width)
+    for _ in range(3):
+        h, w = -(-h // 2), -(-w // 2)
+    shapes = []
+    for _ in range(int(levels)):
+        shapes.append((h, w))
+        h, w = -(-h // 2), -(-w // 2)
+    return tuple(shapes)
 
 
 def human(n: float) -> str:

@@ -183,7 +183,8 @@ def lesson_markdown(ls: Lesson) -> str:
             f"**2. Offsets.** A linear layer on the query predicts 2 · M · L · K = {2 * ls.n_heads * L * P} numbers: "
             f"for head {m} one offset per level and point. Point {k} on level {l}: raw Δp = ({_f(rdx)}, {_f(rdy)}), "
             f"location = {formula} = **({_f(px)}, {_f(py)}) level px** "
-            f"(offset ({_f(dx)}, {_f(dy)}) level px; ({_f(ls.image_px[l, k, 0], 1)}, {_f(ls.image_px[l, k, 1], 1)}) image px)."]
+            f"(offset ({_f(dx)}, {_f(dy)}) level px from the reference; the point lies at "
+            f"({_f(ls.image_px[l, k, 0], 1)}, {_f(ls.image_px[l, k, 1], 1)}) in image px)."]
     corners = []
     for (cx, cy), cwt, ins in zip(ls.corner_cells.tolist(), ls.corner_weights.tolist(), ls.corner_inside.tolist()):
         corners.append(f"cell ({cx}, {cy}): {cwt:.3f}" + ("" if ins else " (off the map: reads 0)"))
@@ -213,8 +214,10 @@ def lesson_markdown(ls: Lesson) -> str:
     out += ["",
             f"**6. Cost for this image** ({n} tokens over {L} levels: "
             + ", ".join(f"{w_}x{h_}" for h_, w_ in c.spatial_shapes) + f"; C = {ls.channels}, M = {ls.n_heads}, "
-            f"K = {P}). Dense attention (Eq. 1, {c.encoder_dense.formula}, {c.encoder_dense.source}) against "
-            f"deformable attention ({c.encoder_deformable.formula}, {c.encoder_deformable.source}):",
+            f"K = {P}). Dense attention (Eq. 1, counted as {c.encoder_dense.formula} multiply-adds, "
+            f"{c.encoder_dense.source}) against deformable attention (counted as {c.encoder_deformable.formula}: "
+            f"the paper's {c.encoder_deformable.paper_formula} with the N_v C² value projection the "
+            f"implementation does, {c.encoder_deformable.source}):",
             "",
             "| module | attention | query-key pairs | multiply-adds |",
             "|---|---|---:|---:|"]

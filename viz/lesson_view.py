@@ -19,7 +19,7 @@ from .lesson import Lesson, lesson
 from .style import (HEAT_CMAP, OUTLINE_COLOR, REFERENCE_COLOR, SELECTED_COLOR, TEXT_WIDTH, level_color, marker_diameter,
                     new_figure, paper, style_colorbar)
 
-TITLES = ("(a) offsets of head {m} (image px)", "(b) bilinear read, level {l} (level px)", "(c) softmax over L × K",
+TITLES = ("(a) head {m}: reference → sampling points (image px)", "(b) bilinear read, level {l} (level px)", "(c) softmax over L × K",
           "(d) coefficients on level {l}", "(e) largest coefficients", "(f) cost for this image")
 
 
