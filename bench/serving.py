@@ -101,7 +101,10 @@ def measure(before: bool, upload: Path) -> dict:
             time.sleep(0.2)
         loaded = example_runs(b, 3)
         flood.terminate()
-        counts = flood.communicate(timeout=30)[0].strip()
+        try:
+            counts = flood.communicate(timeout=60)[0].strip()
+        finally:
+            flood.kill()
         fn_index = next(i for i, fn in demo.fns.items() if fn.api_name == "detect_example")
         rows = asyncio.run(join_at_once(url, fn_index, 90))
         return dict(alone=alone, loaded=loaded, flood=counts,

@@ -35,10 +35,11 @@ class Handlers:
         self.c = SimpleNamespace(tab_out={}, actions={}, galleries=[])
 
     # ------------------------------------------------------------------ responses
-    def render(self, s, controls: bool = False) -> dict:
-        """What changed for session ``s``: the attention picture, status, legend, link, the tab
-        on screen; the detections picture and list only when they changed; the controls when
-        the session's view changed other than by them (``controls``)."""
+    def render(self, s, controls=()) -> dict:
+        """What changed for session ``s``: the attention picture, status, legend, link; the
+        detections picture and list only when they changed; ``controls``: the controls to set
+        from the session's view ("all", or some), those the change did not come from (echoing a
+        control's own value back would undo clicks the user made meanwhile)."""
         x, c = self.x, self.c
         out = {c.key: s.key, c.notice: "", c.status: words.status(x, s), c.link: self.link_text(s),
                c.url: urlstate.encode(urlstate.of_session(x, s))}
@@ -47,22 +48,25 @@ class Handlers:
                 out[c.att_image] = x.attention_image(s)
                 out[c.legend] = words.legend_html(x, s)
                 shown = (id(s.capture), s.view.threshold, s.target, s.box)
-                if s.cache.get("detections_shown") != shown:
+                if s.page.get("detections_shown") != shown:
                     choices, value = x.detection_choices(s)
                     out[c.det_image] = x.detections_image(s)
                     # The list's choices only when they changed: re-sending them costs the browser more
                     # than drawing both pictures.
-                    same = s.cache.get("choices_sent") == choices
+                    same = s.page.get("choices_sent") == choices
                     out[c.det_list] = gr.update(value=value) if same else gr.update(choices=choices, value=value)
-                    s.cache["choices_sent"] = choices
-                    s.cache["detections_shown"] = shown
+                    s.page["choices_sent"] = choices
+                    s.page["detections_shown"] = shown
         if controls:
-            out.update(self.controls_of(s))
-        return self._changed(s, out)
+            out.update({k: v for k, v in self.controls_of(s).items() if controls == "all" or k in controls})
+        return out
 
-    def _changed(self, s, out: dict) -> dict:
-        """``out`` without the text outputs the page already shows (fewer updates, less redraw)."""
-        sent = s.cache.setdefault("sent", {})
+    def _changed(self, key, out: dict) -> dict:
+        """``out`` without the texts this page already shows (fewer updates, less redraw)."""
+        s = self.x.store.get(key)
+        if s is None:
+            return out
+        sent = s.page.setdefault("sent", {})
         for comp in (self.c.status, self.c.legend, self.c.link, self.c.url, self.c.notice):
             if comp in out and isinstance(out[comp], str):
                 if sent.get(comp) == out[comp]:
@@ -87,9 +91,9 @@ class Handlers:
         shows this session's current state (its components keep their content while hidden)."""
         note, body = self.c.tab_out[tab_id]
         sig = self.x.tab_signature(s, tab_id)
-        if not force and s.cache.get(("tab_drawn", tab_id)) == sig:
+        if not force and s.page.get(("tab_drawn", tab_id)) == sig:
             return {}
-        s.cache[("tab_drawn", tab_id)] = sig
+        s.page[("tab_drawn", tab_id)] = sig
         drawn = self.x.draw_tab(s, tab_id)
         if TABS[tab_id].body == "file":
             return {note: drawn.note}
@@ -107,8 +111,6 @@ class Handlers:
         """A refused change: says why; the controls go back to what the pictures show."""
         s = self.x.store.get(key)
         out = {self.c.notice: f"⚠ {message}"}
-        if s is not None:
-            s.cache.setdefault("sent", {})[self.c.notice] = out[self.c.notice]
         if s is not None and s.capture is not None:
             out.update(self.controls_of(s))
         return out
@@ -144,8 +146,7 @@ class Handlers:
             return self.render(s)
 
     def _start(self, key, threshold, box):
-        s = self.x.session(key)
-        s.view.threshold = float(threshold if threshold is not None else self.threshold)
+        s = self.x.start(key, threshold if threshold is not None else self.threshold)
         self._box(s, box)
         return s
 
@@ -158,7 +159,7 @@ class Handlers:
                 pass
 
     # ------------------------------------------------------------------ views (never run the model)
-    def _view(self, key, box, change, controls: bool = False) -> dict:
+    def _view(self, key, box, change, controls=()) -> dict:
         s = self.x.with_capture(key)
         with s.lock:
             self._box(s, box)
@@ -195,11 +196,11 @@ class Handlers:
         return self._view(key, box, lambda s: self.x.set_view(
             s, layer=int(layer), heads=tuple(int(i) for i in (heads or [])),
             levels=tuple(int(i) for i in (levels or [])), color_by=str(color_by), top_k=int(top_k or 0),
-            merged=layout != "scales", enc_level=int(enc_level or 0)), controls=True)
+            merged=layout != "scales", enc_level=int(enc_level or 0)), controls=[self.c.follow])
 
     def follow_head(self, key, head, box=""):
         heads = None if head is None or int(head) < 0 else (int(head),)
-        return self._view(key, box, lambda s: self.x.set_view(s, heads=heads), controls=True)
+        return self._view(key, box, lambda s: self.x.set_view(s, heads=heads), controls=[self.c.heads])
 
     def set_zoom(self, key, zoom, box=""):
         return self._view(key, box, lambda s: self.x.set_view(s, zoom=bool(zoom)))
@@ -216,19 +217,17 @@ class Handlers:
 
     def show_tab(self, key, tab_id, box=""):
         """A tab came on screen: draw it now, and keep it current on every later change."""
-        if tab_id not in TABS:
-            raise UserError(f"unknown tab {tab_id!r}; tabs: {', '.join(TABS)}")
         s = self.x.session(key)  # a tab opened before any image is remembered too
         with s.lock:
             self._box(s, box)
-            s.active_tab = str(tab_id)
+            self.x.show_tab(s, str(tab_id))
             out = {self.c.key: s.key, **self.tab_update(s, s.active_tab, force=False)}
             out[self.c.url] = urlstate.encode(urlstate.of_session(self.x, s))
             out[self.c.link] = self.link_text(s)
             return out
 
     def click_tab(self, key, tab_id, u, v, box=""):
-        return self._view(key, box, lambda s: self.x.click_tab(s, str(tab_id), float(u), float(v)), controls=True)
+        return self._view(key, box, lambda s: self.x.click_tab(s, str(tab_id), float(u), float(v)), controls="all")
 
     def on_tab_image_select(self, key, tab_id, box="", evt: gr.SelectData = None):
         u, v = evt.index
@@ -263,13 +262,10 @@ class Handlers:
         try:
             lm = self.x.set_model(s, str(name), incomplete=incomplete)
         except IncompleteCheckpoint as e:
-            s.cache.get("sent", {}).pop(c.notice, None)  # the next change clears the notice
-            s.pending_model = str(name)
             return {c.key: s.key, c.ckpt: gr.update(value=current), c.open_anyway: gr.update(visible=True),
                     c.notice: f"⚠ {e}. **Open anyway** loads what fits and leaves the rest randomly initialized "
                               "(a banner then names them); or choose another checkpoint."}
         except UserError as e:
-            s.cache.get("sent", {}).pop(c.notice, None)
             return {c.key: s.key, c.ckpt: gr.update(value=current), c.notice: f"⚠ {e}"}
         cfg = lm.model.cfg
         L, M = cfg.n_levels, cfg.n_heads
@@ -298,11 +294,9 @@ class Handlers:
 
     def open_anyway(self, key, box="", progress=gr.Progress()):
         s = self.x.session(key)
-        name = getattr(s, "pending_model", None)
-        if not name:
+        if not s.pending_model:
             raise UserError("no checkpoint is waiting to be opened; choose one from the list")
-        s.pending_model = None
-        return self.set_checkpoint(key, name, box, progress, incomplete=True)
+        return self.set_checkpoint(key, s.pending_model, box, progress, incomplete=True)
 
     # ------------------------------------------------------------------ links
     def restore(self, key, box="", request: gr.Request = None):
@@ -315,13 +309,13 @@ class Handlers:
         problems = list(st.problems)
         if st.tab is not None:
             if st.tab in TABS:
-                s.active_tab = st.tab
+                self.x.show_tab(s, st.tab)
                 out[self.c.tabs] = gr.Tabs(selected=st.tab)
             else:
                 problems.append(f"tab={st.tab!r} is not a tab ({', '.join(TABS)})")
         if st.example:
             try:
-                s.view.threshold = self.threshold
+                s = self.x.start(s.key, self.threshold)
                 self.x.run(s, self.x.example_path(st.example), example=st.example)
                 with s.lock:
                     if st.det is not None:
@@ -333,7 +327,7 @@ class Handlers:
             except UserError as e:
                 problems.append(str(e))
             with s.lock:
-                out.update(self.render(s, controls=True))
+                out.update(self.render(s, controls="all"))
                 if s.capture is not None:
                     out[self.c.example] = st.example
                     out[self.c.image_panel] = gr.Accordion(open=False)
@@ -363,7 +357,7 @@ class Handlers:
                 log.exception("unexpected error in %s", fn.__name__)
                 out = {self.c.notice: f"⚠ Internal error ({type(e).__name__}). The server keeps running; "
                                       "please try again or report it."}
-            out = {k: v for k, v in out.items() if k in keys}
+            out = self._changed(args[0] if args else None, {k: v for k, v in out.items() if k in keys})
             return out or [gr.skip()] * len(outputs)  # Gradio reads an empty dict as one missing value
         return run
 

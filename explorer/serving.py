@@ -142,6 +142,19 @@ def file_refusal(data, upload_folder: str | Path) -> str | None:
 
 
 # ----------------------------------------------------------------------------- the hook
+def validation_messages(fn, why: str) -> list[dict]:
+    """A refusal in the shape of Gradio's validators (``gr.validate``): HTTP 422, and the page
+    shows ``why`` on the event's first visible input and leaves every output as it was (an
+    ordinary error would mark the outputs failed and raise a toast)."""
+    from gradio.components import State
+
+    shown = next((i for i, block in enumerate(fn.inputs) if not isinstance(block, State)), 0)
+    names = list(getattr(fn, "input_parameter_names", None) or [])
+    return [{"__type__": "validate", "is_valid": i != shown, "message": why if i == shown else "",
+             "parameter_name": (names[i] if i < len(names) else None) or f"parameter_{i}"}
+            for i in range(max(1, len(fn.inputs)))]
+
+
 def _address(request) -> str:
     client = getattr(request, "client", None)
     return getattr(client, "host", None) or "?"
@@ -177,7 +190,7 @@ class Admission:
         if why:
             self.refused[why.split(";")[0].split("(")[0].strip()] += 1
             log.info("refused %s from %s: %s", fn.api_name or fn.name, new.address, why)
-            return False, why, "error"  # HTTP 400 with the message; the page shows it as a toast
+            return False, validation_messages(fn, why), "validator_error"
         self.admitting.append(new)
         try:
             ok, event_id, state = await original(body=body, request=request, username=username)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import read_image
-from .models import LoadedModel, ModelRegistry
+from .models import IncompleteCheckpoint, LoadedModel, ModelRegistry
 from .state import Session, SessionStore, Timings, UserError, View
 from .views import TABS, Drawn, Selected, draw
 
@@ -130,14 +130,32 @@ class Explorer:
     def set_model(self, s: Session, name: str, incomplete: bool = False) -> LoadedModel:
         """Switch this session to checkpoint ``name`` (loads it on first use); a failure leaves
         the session on its model. ``incomplete``: the user chose to open a checkpoint with
-        missing tensors anyway."""
-        lm = self.registry.get(name, incomplete=incomplete)
+        missing tensors anyway. A checkpoint that needs that choice is remembered
+        (``Session.pending_model``) for the user's "open anyway"."""
+        try:
+            lm = self.registry.get(name, incomplete=incomplete)
+        except IncompleteCheckpoint:
+            s.pending_model = str(name)
+            raise
         with s.lock:
+            s.pending_model = None
             s.model_name = lm.name
             s.reset()
             s.view = View(threshold=s.view.threshold)
             s.example = None
         return lm
+
+    def start(self, key: str | None, threshold: float) -> Session:
+        """The session of ``key`` (or a new one) about to run an image at ``threshold``."""
+        s = self.session(key)
+        s.view = dataclasses.replace(s.view, threshold=float(threshold))
+        return s
+
+    def show_tab(self, s: Session, tab_id: str) -> None:
+        """``tab_id`` is on screen: later changes keep it drawn."""
+        if tab_id not in TABS:
+            raise UserError(f"unknown tab {tab_id!r}; tabs: {', '.join(TABS)}")
+        s.active_tab = str(tab_id)
 
     # ---- selection ----
     def visible(self, s: Session) -> list[tuple[int, int]]:

@@ -53,6 +53,8 @@ class Session:
     example: str | None = None  # the example's file name (None for an upload: it cannot be linked)
     pending_model: str | None = None  # a checkpoint with missing tensors, waiting for "open anyway"
     cache: dict = field(default_factory=dict)  # derived results (diagnostics, gradients), dropped with the capture
+    # What the page was last sent (explorer.handlers' memo, to leave out what it already shows).
+    page: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what happened to the input (conversions)
     prompt: str = ""  # what an open-vocabulary model (Grounding DINO, OmDet-Turbo) is asked to detect
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -68,6 +70,7 @@ class Session:
         """Forget the image and everything derived from it (new image or new model)."""
         self.capture, self.target, self.point = None, None, None
         self.cache.clear()
+        self.page.clear()
         self.notes = []
 
 

@@ -88,9 +88,28 @@ def draw_grid(capture, selected: Selected, view) -> Drawn:
         return Drawn(NEED_QUERY)
     sel = selected.decoder.with_(color_by="weight", heads=None)
     picture = render_grid(capture, selected.query, sel, cell=GRID_CELL)
+    heads, layers = selected.decoder.heads, list(capture.decoder_layers)
+    layer = selected.decoder.layer % int(capture.meta["dec_layers"])
+    if heads is not None and len(heads) == 1 and layer in layers:  # the cell the other views show
+        picture = _frame_cell(picture, layers.index(layer), heads[0], len(layers), int(capture.meta["n_heads"]))
     return Drawn("Rows: decoder layers 0 (top) to last; columns: heads 0 to last; colour = attention weight "
                  "(one range for all cells). **Click a cell** to show that layer and that single head everywhere.",
                  picture)
+
+
+def _frame_cell(picture, row: int, col: int, rows: int, cols: int):
+    """``picture`` with cell (row, col) of the grid framed in the selection colour."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from viz.style import SELECTED_COLOR, hex_to_rgb
+
+    h, w = picture.shape[:2]
+    tw, th = (w - (cols - 1) * GRID_GAP) / cols, (h - (rows - 1) * GRID_GAP) / rows
+    im = Image.fromarray(picture)
+    x0, y0 = col * (tw + GRID_GAP), row * (th + GRID_GAP)
+    ImageDraw.Draw(im).rectangle([x0, y0, x0 + tw - 1, y0 + th - 1], outline=hex_to_rgb(SELECTED_COLOR), width=4)
+    return np.asarray(im)
 
 
 def click_grid(capture, selected: Selected, view, u: float, v: float, shape: tuple[int, int]) -> dict | None:

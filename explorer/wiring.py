@@ -24,25 +24,30 @@ def wire(h, demo, model_events: dict, tab_js: str, box_js: str, url_js: str) -> 
         """A page event; then (a second step, so that the pictures arrive first) the tab on screen.
         A change of view takes a few tens of ms: no progress overlay (its flicker costs more)."""
         kw.setdefault("show_progress", "full" if model else "hidden")
+        # A burst of clicks (or a dropdown firing twice) sends the last one once the running one is
+        # done: a page never asks for a second model run while one is in flight (explorer.serving).
+        kw.setdefault("trigger_mode", "always_last")
         dep = event(page(fn, outputs), [c.key, *inputs, box], outputs, api_name=False, js=box_js,
                     **(model_events if model else {}), **kw)
         if tab:
             dep.success(page(h.refresh_tab, tab_comps), [c.key], tab_comps, api_name=False, show_progress="hidden")
 
     # ---- the page ----
+    # Dropdowns listen to .select: Gradio 6.31's Dropdown fires .input twice per pick (the second
+    # would be refused as a second model run of the page, explorer.serving).
     on(c.upload.upload, h.detect, [c.upload, c.threshold], model=True, preprocess=False, show_progress="full")
-    on(c.example.input, h.detect_example, [c.example, c.threshold], model=True, show_progress="full")
+    on(c.example.select, h.detect_example, [c.example, c.threshold], model=True, show_progress="full")
     for group, gal in c.galleries:
         on(gal.select, h.on_gallery, [gr.State(group), c.threshold], model=True, show_progress="full")
     on(c.prompt.submit, h.set_prompt, [c.prompt], model=True, show_progress="full")
-    on(c.det_list.input, h.select_detection, [c.det_list])
+    on(c.det_list.select, h.select_detection, [c.det_list])
     on(c.det_image.select, h.on_det_select, [])
     on(c.att_image.select, h.on_att_select, [])
     # .input fires while a slider is dragged or typed into; always_last drops stale redraws.
     on(c.threshold.input, h.set_threshold, [c.threshold], trigger_mode="always_last")
     for ctl in c.controls:
         on(ctl.input, h.set_view, c.controls, trigger_mode="always_last")
-    on(c.follow.input, h.follow_head, [c.follow])
+    on(c.follow.select, h.follow_head, [c.follow])
     on(c.zoom.input, h.set_zoom, [c.zoom])
     for tab_id, (note, body) in c.tab_out.items():
         if TABS[tab_id].click is not None:
@@ -53,8 +58,9 @@ def wire(h, demo, model_events: dict, tab_js: str, box_js: str, url_js: str) -> 
                model=TABS[tab_id].action.model, tab=False, show_progress="full")
     # No select listener on tabs (see explorer.page): the change event, the id read from the DOM.
     c.tabs.change(page(h.show_tab, [c.key, *tab_comps, c.url, c.link, c.notice]), [c.key, c.text_in, box],
-                  [c.key, *tab_comps, c.url, c.link, c.notice], api_name=False, js=tab_js)
-    on(c.ckpt.input, h.set_checkpoint, [c.ckpt], outputs=ckpt_out, model=True, tab=False, show_progress="full")
+                  [c.key, *tab_comps, c.url, c.link, c.notice], api_name=False, js=tab_js,
+                  trigger_mode="always_last", show_progress="minimal")
+    on(c.ckpt.select, h.set_checkpoint, [c.ckpt], outputs=ckpt_out, model=True, tab=False, show_progress="full")
     on(c.open_anyway.click, h.open_anyway, [], outputs=ckpt_out, model=True, tab=False, show_progress="full")
     c.url.change(None, [c.url], None, js=url_js)
     # Not in the model's queue: a page would count its own load as an image being processed (and

@@ -38,7 +38,8 @@ def main(url: str, image: str, threads: int, auth: tuple[str, str] | None = None
     for _ in range(threads):
         threading.Thread(target=flood, daemon=True).start()
     print("flooding", flush=True)
-    threading.Event().wait()
+    while True:  # not Event().wait(): a SIGTERM caught by another thread would never wake it
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def sampling_traces(fig):
 
 
 def trace_points(fig):
-    """(N, 2) x, y and (N, 11) customdata of every sampling-point trace of a plotly figure."""
+    """(N, 2) x, y and (N, 13) customdata of every sampling-point trace of a plotly figure."""
     tr = sampling_traces(fig)
     xy = np.concatenate([np.column_stack([t.x, t.y]) for t in tr])
     cd = np.concatenate([np.asarray(t.customdata) for t in tr])
@@ -161,6 +161,49 @@ def test_raster_overlay_marks_the_points(cap, query):
     u, v = inside[0]
     x, y = viz.to_image_px(int(u), int(v), s)
     assert abs(x - u / s) <= 1 / s and abs(y - v / s) <= 1 / s
+
+
+@pytest.mark.parametrize("merged", [True, False])
+def test_attention_picture_fits_its_box_and_clicks_map_back(cap, query, merged):
+    """Pictures are drawn at the size shown (``panel_layout``); every point drawn lies where a
+    click on it maps back (``Panel.image_point``), in the merged and the per-level layout."""
+    from viz.query_view import attention_raster
+    from viz.raster import panel_layout
+
+    h, w = cap.image.shape[:2]
+    sel = Selection(merged=merged)
+    t = decoder_table(cap, query, sel)
+    for box in ((640, 480), (300, 900)):
+        panels = panel_layout((0, 0, w, h), list(range(t.n_levels)), merged, box)
+        rgb = attention_raster(cap, t, sel, panels)
+        assert rgb.shape[1] <= box[0] + 1 and rgb.shape[0] <= box[1] + 1
+        assert max(rgb.shape[1] / box[0], rgb.shape[0] / box[1]) > 0.9  # as large as fits
+        for p in panels:
+            rows = np.flatnonzero(t.level == p.level) if p.level is not None else np.arange(len(t))
+            for x, y in t.image_px[rows]:
+                u, v = p.left + (x - p.origin[0]) * p.scale, p.top + (y - p.origin[1]) * p.scale
+                back = p.image_point(u - 0.5, v - 0.5) if p.left <= u - 0.5 < p.left + p.width and \
+                    p.top <= v - 0.5 < p.top + p.height else None
+                if back is not None:
+                    assert back == pytest.approx((x, y), abs=1e-6)
+
+
+def test_hover_names_the_cells_a_point_reads(cap, query):
+    from viz.overlay import read_cells
+
+    t = decoder_table(cap, query, Selection())
+    cd = t.customdata()
+    for k in range(len(t)):
+        cells = read_cells(t.level_px[k], cap.geometry.valid_wh[int(t.level[k])])
+        if len(cells) == 4:  # all inside the map: the first is the top-left one
+            assert (cd[k, 11], cd[k, 12]) == cells[0][:2]
+
+
+def test_labels_grow_with_the_picture(cap):
+    from viz.raster import Raster
+
+    small, large = Raster(cap.image, 1.0), Raster(cap.image, 4.0)
+    assert large.font.size > small.font.size >= 11
 
 
 def test_scales_view_level_pictures_have_the_level_resolution(cap, query):

@@ -101,12 +101,13 @@ class PointTable:
         return None if self.reference_image_px is None else self.reference_image_px[:2]
 
     def customdata(self) -> np.ndarray:
-        """(N, 11) hover fields: layer, head, level, point, weight, offset level px (x, y),
-        offset image px (x, y), location image px (x, y)."""
+        """(N, 13) hover fields: layer, head, level, point, weight, offset level px (x, y),
+        offset image px (x, y), location image px (x, y), and the first column and row of the
+        2 x 2 feature cells its bilinear sample reads (cell centres at i + 0.5)."""
         n = len(self)
         return np.column_stack([
             np.full(n, self.layer), self.head, self.level, self.point, self.weight,
-            self.offset_level_px, self.offset_image_px, self.image_px,
+            self.offset_level_px, self.offset_image_px, self.image_px, np.floor(self.level_px - 0.5),
         ])
 
 
@@ -115,7 +116,8 @@ HOVER_TEMPLATE = (
     "attention weight %{customdata[4]:.4f}<br>"
     "offset (%{customdata[5]:.2f}, %{customdata[6]:.2f}) level px<br>"
     "offset (%{customdata[7]:.1f}, %{customdata[8]:.1f}) image px<br>"
-    "location (%{customdata[9]:.1f}, %{customdata[10]:.1f}) image px<extra></extra>"
+    "location (%{customdata[9]:.1f}, %{customdata[10]:.1f}) image px<br>"
+    "reads the 2 x 2 level cells from column %{customdata[11]:d}, row %{customdata[12]:d}<extra></extra>"
 )
 
 
