@@ -14,12 +14,11 @@ Accuracy (``--accuracy``): for the three R50 variants (multi_scale, box_refine, 
 random weights (``tests/randomize.py``), one 800x1333 image through ``predict`` under
 ``capture`` in both precisions: the boxes of fp32's top-100 detections against the bf16 boxes
 of the same queries (pixels; goal <= 1), and every captured sampling location (level pixels;
-goal <= 0.05). ``--compile`` also times ``ddetr.compile_model`` (first call = compile time).
+goal <= 0.05).
 
     python bench/r50_cpu.py                      # timing, 3 rounds
     python bench/r50_cpu.py --accuracy           # bf16 vs fp32, three variants
     python bench/r50_cpu.py --profile fp32       # torch.profiler table of one forward
-    python bench/r50_cpu.py --compile            # adds torch.compile'd fp32 / bf16 columns
 """
 from __future__ import annotations
 
@@ -67,7 +66,7 @@ def transformers_twin(model):
     return theirs, transformers.__version__
 
 
-def timing(repeats: int, with_compile: bool) -> None:
+def timing(repeats: int) -> None:
     ours = r50()
     theirs, version = transformers_twin(ours)
     g = torch.Generator().manual_seed(0)
@@ -77,7 +76,7 @@ def timing(repeats: int, with_compile: bool) -> None:
     if note:
         print(f"bfloat16: skipped, {note}")
 
-    def ours_in(prec, model=ours):
+    def ours_in(prec, model=ours):  # noqa: B008
         def run():
             with precision.use(prec):
                 return model(x, mask)
@@ -87,15 +86,6 @@ def timing(repeats: int, with_compile: bool) -> None:
     if not note:
         runs["ours bf16"] = ours_in("bf16")
     runs[f"transformers {version} fp32"] = lambda: theirs(pixel_values=x, pixel_mask=(~mask).long())
-    firsts = {}
-    if with_compile:
-        compiled = ddetr.compile_model(ours)
-        for prec in ("fp32",) + (() if note else ("bf16",)):
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                ours_in(prec, compiled)()
-            firsts[f"ours {prec} compiled"] = time.perf_counter() - t0
-            runs[f"ours {prec} compiled"] = ours_in(prec, compiled)
     times: dict[str, list[float]] = {k: [] for k in runs}
     outputs = {}
     with torch.inference_mode():
@@ -114,10 +104,9 @@ def timing(repeats: int, with_compile: bool) -> None:
     for name, t in med.items():
         out = outputs[name]
         logits = out.logits if hasattr(out, "logits") else out["logits"]
-        extra = f"  compile + first call {firsts[name]:.1f} s" if name in firsts else ""
         print(f"  {name:<30} {t:6.2f} s  (runs {', '.join(f'{s:.2f}' for s in times[name])})  "
               f"{med[theirs_name] / t:5.2f}x vs transformers  max|logit - ours fp32| "
-              f"{(logits.float() - ref).abs().max().item():.1e}{extra}")
+              f"{(logits.float() - ref).abs().max().item():.1e}")
     print(f"goals: ours fp32 >= 2.5x transformers: {med[theirs_name] / med['ours fp32']:.2f}x"
           + ("" if note else f"; ours bf16 >= 4x: {med[theirs_name] / med['ours bf16']:.2f}x"))
 
@@ -159,7 +148,6 @@ def main(argv=None) -> None:
     ap.add_argument("--accuracy", action="store_true", help="bf16 vs fp32 boxes and sampling locations")
     ap.add_argument("--variants", nargs="+", default=["multi_scale", "multi_scale_box_refine", "multi_scale_two_stage"])
     ap.add_argument("--profile", choices=precision.PRECISIONS, help="print a torch.profiler table instead")
-    ap.add_argument("--compile", action="store_true", help="also time ddetr.compile_model")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,7 +156,7 @@ def main(argv=None) -> None:
     elif args.accuracy:
         accuracy(args.variants)
     else:
-        timing(args.repeats, args.compile)
+        timing(args.repeats)
 
 
 if __name__ == "__main__":

@@ -436,6 +436,8 @@ TORCH_LIBRARY(ddetr_ops, m) {
       "ms_deform_attn_backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, "
       "Tensor level_start_index, Tensor sampling_locations, Tensor attention_weights) "
       "-> (Tensor, Tensor, Tensor)");
+  // Which CPU code path float32 calls take now ("avx512" or "portable"), for tests and benchmarks.
+  m.def("cpu_path() -> str", [] { return std::string(cpu_path() == CpuPath::kAvx512 ? "avx512" : "portable"); });
 }
 
 TORCH_LIBRARY_IMPL(ddetr_ops, CPU, m) {
