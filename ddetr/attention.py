@@ -94,8 +94,8 @@ class MSDeformAttn(nn.Module):
         M, L, P = self.n_heads, self.n_levels, self.n_points
         with dense(input_flatten):  # bfloat16 under precision.use("bf16"); the op reads it as float32
             value = self.value_proj(input_flatten)
-        if padding_mask is not None:
-            value = value.masked_fill(padding_mask[..., None], 0.0)
+        if padding_mask is not None:  # in place: a fresh tensor, and Linear's backward does not need it
+            value = value.masked_fill_(padding_mask[..., None], 0.0)
         value = value.view(B, Lv, M, self.d_model // M)  # (B, Lv, M, D)
         offsets = self.sampling_offsets(query).view(B, Lq, M, L, P, 2)
         weights = self.attention_weights(query).view(B, Lq, M, L * P)

@@ -4,6 +4,11 @@
 // loops run over such vectors in 64-byte SIMD blocks (GCC/Clang vector extensions: one
 // AVX-512 register, two AVX2 ones), with the accumulators held in registers.
 //
+// Two code paths: float32 with D in {16, 32, 64} (Deformable DETR: D = 32) runs the AVX-512
+// kernels of ms_deform_attn_cpu_avx512.h when the CPU has AVX-512 (checked at run time) and
+// DDETR_OPS_CPU_PATH is not "portable"; everything else runs the portable kernels below.
+// torch.ops.ddetr_ops.cpu_path() says which path float32 calls take.
+//
 // Parallelism (at::parallel_for, OpenMP underneath):
 //  * forward: over queries; each (query, head) writes its own output row. The corner list
 //    of the next (query, head) is built -- and its rows prefetched -- before the current

@@ -1,11 +1,15 @@
-// AVX-512 kernels for float32 with D a multiple of 16 (Deformable DETR: D = 32, two vectors).
+// AVX-512 kernels for float32 with D = 16, 32 or 64 (Deformable DETR: D = 32, two vectors).
 //
 // What the portable kernels in ms_deform_attn_cpu.cpp do one point at a time, these do for 16
 // points at once: the bilinear footprints (corner rows, weights, validity) of a (query, head)'s
-// L * P points are computed in 16-lane vectors, the same formulas as ms_deform_attn_math.h
-// (bilinear_footprint), written with intrinsics. The channel loops then keep one accumulator
-// pair per corner (8 independent FMA chains instead of 2), and corners off the map are masked
-// loads that read nothing (so, as grid_sample, they contribute exactly 0 even next to inf/NaN).
+// L * P points are computed in 16-lane vectors, with the formulas of ms_deform_attn_math.h
+// (bilinear_footprint, bilinear_point_grads) written in intrinsics. The forward's channel
+// loop keeps one accumulator pair per corner (8 independent FMA chains instead of 2); off-map
+// corners read a row of zeros with weight 0 (forward) or are skipped (backward), so, as in
+// grid_sample, they contribute exactly 0 even next to inf/NaN. Footprints are computed a few
+// (query, head) items ahead and their rows prefetched into L2 while the current item is
+// summed (measured here: one item ahead, or prefetching in a burst, left uniformly spread
+// points waiting on memory).
 //
 // Compiled with a target attribute, so the file builds with any x86-64 flags; the caller runs
 // it only if the CPU reports AVX-512 F/DQ at run time (cpu_has_avx512) and
@@ -193,7 +197,7 @@ inline bool supports(int64_t D, int64_t Lv, int64_t M) {
 }
 
 // How many (query, head) items ahead the rows are prefetched: DRAM latency (~100 ns) is a few
-// items' work; measured here, 1 item ahead left uniform points waiting on memory.
+// items' work.
 constexpr int64_t kAhead = 2;
 
 template <int NB>
