@@ -10,6 +10,7 @@ from .attention import MSDeformAttn
 from .decoder import DecoderOutput, DeformableDecoder, DeformableDecoderLayer
 from .encoder import DeformableEncoder, DeformableEncoderLayer
 from .position_encoding import proposal_position_embedding
+from .precision import float32
 from .two_stage import encoder_proposals
 
 
@@ -100,7 +101,8 @@ class DeformableTransformer(nn.Module):
             query_pos = query_pos.unsqueeze(0).expand(B, -1, -1)
             tgt = tgt.unsqueeze(0).expand(B, -1, -1)
             reference_points = self.reference_points(query_pos).sigmoid()  # (B, Q, 2)
-        dec = self.decoder(tgt, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,
-                           query_pos, mask_flat)
+        with float32():  # the decoder places the boxes: float32 in every precision (ddetr.precision)
+            dec = self.decoder(tgt, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,
+                               query_pos, mask_flat)
         return TransformerOutput(dec, memory, spatial_shapes, level_start_index, valid_ratios,
                                  enc_logits, enc_boxes, topk)

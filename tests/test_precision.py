@@ -29,24 +29,26 @@ def tiny(**overrides):
 
 
 def _dtypes(model, prec: str, image=IMG_A) -> dict[str, set]:
-    """Output dtypes of the modules of interest during one predict in ``prec``."""
+    """Output dtypes of the modules of interest (and the op's inputs) during one predict in
+    ``prec``, keyed "encoder.value_proj", "decoder.linear1", "backbone" ..."""
     seen: dict[str, set] = {}
 
     def record(name, module, args, kwargs, out):
         seen.setdefault(name, set()).add(out.dtype if isinstance(out, torch.Tensor) else None)
         if isinstance(module, SamplingCore):
-            seen.setdefault("core value in", set()).add(args[0].dtype)
-            seen.setdefault("core locations in", set()).add(args[3].dtype)
-            seen.setdefault("core weights in", set()).add(args[4].dtype)
+            for i, what in ((0, "value"), (3, "locations"), (4, "weights")):
+                seen.setdefault(f"{name} {what} in", set()).add(args[i].dtype)
 
-    kinds = {"value_proj", "output_proj", "sampling_offsets", "attention_weights", "linear1",
-             "linear2", "norm1", "norm2", "reference_points", "class_embed.0", "bbox_embed.0",
-             "core", "self_attn.out_proj", "input_proj.0.0", "input_proj.0.1"}
-    handles = []
-    for name, m in model.named_modules():
-        key = next((k for k in kinds if name.endswith(k)), None)
-        if key:
-            handles.append(m.register_forward_hook(partial(record, key), with_kwargs=True))
+    kinds = ("value_proj", "output_proj", "sampling_offsets", "attention_weights", "linear1", "linear2",
+             "norm1", "norm2", "core", "self_attn.out_proj")
+    wanted = {f"transformer.{part}.layers.{i}.{sub}.{k}" if k not in ("linear1", "linear2", "norm1", "norm2")
+              else f"transformer.{part}.layers.{i}.{k}": f"{part}.{k}"
+              for part, sub in (("encoder", "self_attn"), ("decoder", "cross_attn")) for i in range(2) for k in kinds}
+    wanted.update({"backbone.0.body.layer1": "backbone", "input_proj.0.0": "input conv", "input_proj.0.1": "input norm",
+                   "transformer.reference_points": "reference_points", "class_embed.0": "class head",
+                   "bbox_embed.0": "box head"})
+    handles = [m.register_forward_hook(partial(record, wanted[name]), with_kwargs=True)
+               for name, m in model.named_modules() if name in wanted]
     try:
         model.predict(image, precision=prec)
     finally:
@@ -59,11 +61,16 @@ def test_bf16_exactly_where_promised():
     model = tiny(two_stage=False, with_box_refine=True)
     seen = _dtypes(model, "bf16")
     bf16, fp32 = {torch.bfloat16}, {torch.float32}
-    for dense in ("value_proj", "output_proj", "linear1", "linear2", "input_proj.0.0", "core value in"):
-        assert seen[dense] == bf16, dense
-    for exact in ("sampling_offsets", "attention_weights", "core locations in", "core weights in", "core",
-                  "norm1", "norm2", "reference_points", "class_embed.0", "bbox_embed.0", "input_proj.0.1"):
-        assert seen[exact] == fp32, exact
+    dense = ["backbone", "input conv", "encoder.core value in"] + [f"encoder.{k}" for k in ("value_proj", "output_proj", "linear1", "linear2")]
+    exact = ["input norm", "reference_points", "class head", "box head", "encoder.core locations in",
+             "encoder.core weights in"]
+    exact += [f"encoder.{k}" for k in ("sampling_offsets", "attention_weights", "norm1", "norm2", "core")]
+    exact += [k for k in seen if k.startswith("decoder.")]  # the whole decoder
+    assert len(exact) > 15
+    for k in dense:
+        assert seen[k] == bf16, k
+    for k in exact:
+        assert seen[k] == fp32, k
     # In float32 nothing is bfloat16.
     assert all(d == fp32 for d in _dtypes(model, "fp32").values())
 
