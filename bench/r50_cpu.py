@@ -121,9 +121,11 @@ def accuracy(variants: list[str]) -> None:
         torch.manual_seed(0)
         model = randomize(ddetr.build_model(ddetr.preset(variant))).eval()
         r = precision.agreement(model, image)
-        boxes = "not compared (different proposals)" if r.boxes_px is None else f"{r.boxes_px:.3f} px (goal <= 1)"
-        print(f"  {variant:<24} sampling locations {r.locations_level_px:.4f} level px over {r.layers} layers "
-              f"(goal <= 0.05); top-100 boxes {boxes}; same two-stage proposals {r.same_proposals:.0%}", flush=True)
+        dec = "not compared" if r.decoder_level_px is None else f"{r.decoder_level_px:.4f}"
+        boxes = "not compared" if r.boxes_px is None else f"{r.boxes_px:.3f} px"
+        print(f"  {variant:<24} sampling locations (goal <= 0.05 level px): encoder {r.encoder_level_px:.4f}, "
+              f"decoder {dec}; top-100 boxes (goal <= 1 px) {boxes}; same two-stage queries "
+              f"{r.same_proposals:.0%}", flush=True)
 
 
 def profile(prec: str) -> None:

@@ -98,10 +98,15 @@ def dense(like: torch.Tensor) -> contextlib.AbstractContextManager:
 class Agreement:
     """How far a model's "bf16" results are from its "fp32" results on one image."""
 
-    locations_level_px: float  # max |difference| of sampling locations, level pixels, compared layers
+    encoder_level_px: float  # max |difference| of encoder sampling locations, level pixels
+    decoder_level_px: float | None  # the same for the decoder (None: different two-stage queries)
     boxes_px: float | None  # max |difference| of the boxes of fp32's top-k queries, original pixels
     same_proposals: float  # two-stage: fraction of queries from the same encoder token (else 1)
-    layers: int  # deformable attention layers compared
+
+    @property
+    def locations_level_px(self) -> float:
+        """The larger of the encoder and (where compared) decoder differences."""
+        return max(self.encoder_level_px, self.decoder_level_px or 0.0)
 
 
 def agreement(model, image, low: str = "bf16") -> Agreement:
@@ -112,7 +117,7 @@ def agreement(model, image, low: str = "bf16") -> Agreement:
     Two-stage models pick their queries by a top-k over encoder scores; when the two
     precisions pick differently (near-ties, common with random weights), the decoders hold
     different queries and mix them in self-attention, so only the encoder is compared and
-    ``boxes_px`` is None.
+    ``decoder_level_px`` and ``boxes_px`` are None.
     """
     from .capture import capture  # capture imports the model's modules; keep this module light
 
@@ -125,18 +130,20 @@ def agreement(model, image, low: str = "bf16") -> Agreement:
     same = 1.0
     if "proposals/index" in a.arrays:
         same = float((a.arrays["proposals/index"] == b.arrays["proposals/index"]).mean())
-    parts = [("encoder", a.encoder_layers)] + ([("decoder", a.decoder_layers)] if same == 1.0 else [])
-    loc_err, n = 0.0, 0
-    for part, layers in parts:
+
+    def worst(part, layers):
+        err = 0.0
         for i in layers:
             la = a.geometry.to_level(a.sampling(part, i)["locations"])
             lb = b.geometry.to_level(b.sampling(part, i)["locations"])
-            loc_err, n = max(loc_err, float(np.abs(la - lb).max())), n + 1
-    box_err = None
-    if same == 1.0:
-        q = a.arrays["det/query_index"]
-        last = model.cfg.dec_layers - 1
-        h0, w0 = a.geometry.orig_size
-        diff = np.abs(a.arrays[f"layer/{last}/boxes"][q] - b.arrays[f"layer/{last}/boxes"][q])
-        box_err = float((diff * np.array([w0, h0, w0, h0])).max())
-    return Agreement(loc_err, box_err, same, n)
+            err = max(err, float(np.abs(la - lb).max()))
+        return err
+
+    if same < 1.0:
+        return Agreement(worst("encoder", a.encoder_layers), None, None, same)
+    q = a.arrays["det/query_index"]
+    last = model.cfg.dec_layers - 1
+    h0, w0 = a.geometry.orig_size
+    diff = np.abs(a.arrays[f"layer/{last}/boxes"][q] - b.arrays[f"layer/{last}/boxes"][q])
+    return Agreement(worst("encoder", a.encoder_layers), worst("decoder", a.decoder_layers),
+                     float((diff * np.array([w0, h0, w0, h0])).max()), same)
