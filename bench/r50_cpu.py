@@ -11,10 +11,11 @@ ours fp32 >= 2.5x. Where the CPU has no native bfloat16 (AVX-512 BF16 or AMX), t
 column is skipped and the output says so.
 
 Accuracy (``--accuracy``): for the three R50 variants (multi_scale, box_refine, two_stage) with
-random weights (``tests/randomize.py``), one 800x1333 image through ``predict`` under
-``capture`` in both precisions: the boxes of fp32's top-100 detections against the bf16 boxes
-of the same queries (pixels; goal <= 1), and every captured sampling location (level pixels;
-goal <= 0.05).
+random weights (``tests/randomize.py``), ``ddetr.precision.agreement`` on one 800x1333 image:
+every captured sampling location (level pixels; goal <= 0.05), encoder and decoder apart, and
+the boxes of fp32's top-100 detections against the bf16 boxes of the same queries (pixels;
+goal <= 1). Two-stage queries are a top-k over encoder scores; where the precisions pick
+different ones, only the encoder is compared.
 
     python bench/r50_cpu.py                      # timing, 3 rounds
     python bench/r50_cpu.py --accuracy           # bf16 vs fp32, three variants

@@ -2,7 +2,7 @@
 
 In "bf16" the dense, compute-bound layers run in bfloat16: the backbone and the input
 projections' convolutions (channels-last), and the encoder's value and output projections
-and FFNs -- together some 90% of an R50 forward's arithmetic. Everything that locates or
+and FFNs -- together some 85% of an R50 forward's arithmetic. Everything that locates or
 scores a box stays float32: the residual stream and its LayerNorms, the sampling offsets and
 attention-weight projections with their softmax, reference points and sampling locations,
 the op (which reads float32 value rows and accumulates in float32), the whole decoder (300
