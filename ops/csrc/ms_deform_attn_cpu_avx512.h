@@ -239,7 +239,7 @@ template <int NB>
 MSDA_AVX512 inline void backward_item(const Footprints& fp, const PointTable& t, const float* go,
                                       const float* value_head, float* grad_head, float* grad_attn,
                                       float* grad_loc, const Footprints& next,
-                                      const float* next_value_head) {
+                                      const float* next_value_head, float* next_grad_head) {
   const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   __m512 g[NB];
@@ -253,9 +253,11 @@ MSDA_AVX512 inline void backward_item(const Footprints& fp, const PointTable& t,
       const int j = __builtin_ctz(bits);
       for (int c = 0; c < 4; ++c) {
         const int64_t e = 64 * k + 16 * c + j;
-        // Rows of the item after next, to L2 (its offsets are known: the ring runs ahead).
-        const char* nr = reinterpret_cast<const char*>(next_value_head + next.offset[e]);
-        _mm_prefetch(nr, _MM_HINT_T1);
+        // Rows of a later item (its offsets are known: the ring runs ahead): value rows to
+        // read, gradient rows to read and write (prefetchw).
+        const int32_t no = next.offset[e];
+        _mm_prefetch(reinterpret_cast<const char*>(next_value_head + no), _MM_HINT_T1);
+        __builtin_prefetch(next_grad_head + no, 1, 2);
         if (!((fp.valid[4 * k + c] >> j) & 1)) continue;
         const float* v = value_head + fp.offset[e];
         float* gr = grad_head + fp.offset[e];
@@ -325,7 +327,7 @@ MSDA_AVX512 void backward(const float* grad_out, const float* value, const Level
                           value + head_offset(item), grad_value + head_offset(item),
                           grad_attn + item * LP, grad_loc + item * LP * 2,
                           ring[std::min(ahead, n_items - 1) % (kAhead + 1)],
-                          value + head_offset(next_item));
+                          value + head_offset(next_item), grad_value + head_offset(next_item));
       }
     }
   });
