@@ -16,6 +16,7 @@ from torch import nn
 import ops
 
 from .frames import sampling_locations
+from .precision import dense
 
 
 class SamplingCore(nn.Module):
@@ -37,8 +38,8 @@ class SamplingCore(nn.Module):
         offsets: torch.Tensor | None = None,  # (B, Lq, M, L, P, 2), raw projection output
     ) -> torch.Tensor:
         if value.dtype != sampling_locations.dtype:
-            # Under autocast the projections run in half precision while locations stay in
-            # float32: a bf16 location is off by up to 0.4 pixel on a 100-pixel map, so the
+            # In bfloat16 (ddetr.precision) the value projection is bfloat16 while locations
+            # stay float32: a bf16 location is off by up to 0.4 pixel on a 100-pixel map, so the
             # sampling runs in the locations' precision (the upcast of value is exact).
             value = value.to(sampling_locations.dtype)
             attention_weights = attention_weights.to(sampling_locations.dtype)
@@ -91,9 +92,10 @@ class MSDeformAttn(nn.Module):
         B, Lq, _ = query.shape
         Lv = input_flatten.shape[1]
         M, L, P = self.n_heads, self.n_levels, self.n_points
-        value = self.value_proj(input_flatten)
-        if padding_mask is not None:
-            value = value.masked_fill(padding_mask[..., None], 0.0)
+        with dense(input_flatten):  # bfloat16 under precision.use("bf16"); the op reads it as float32
+            value = self.value_proj(input_flatten)
+        if padding_mask is not None:  # in place: a fresh tensor, and Linear's backward does not need it
+            value = value.masked_fill_(padding_mask[..., None], 0.0)
         value = value.view(B, Lv, M, self.d_model // M)  # (B, Lv, M, D)
         offsets = self.sampling_offsets(query).view(B, Lq, M, L, P, 2)
         weights = self.attention_weights(query).view(B, Lq, M, L * P)
@@ -103,4 +105,5 @@ class MSDeformAttn(nn.Module):
             value, spatial_shapes, level_start_index, locations, weights,
             reference_points=reference_points, offsets=offsets,
         )  # (B, Lq, C)
-        return self.output_proj(out)
+        with dense(out):
+            return self.output_proj(out)

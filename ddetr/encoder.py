@@ -8,11 +8,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MSDeformAttn
+from .precision import dense
 
 
 def _ffn(x, linear1, linear2, dropout_a, dropout_b, norm):
-    """Post-norm FFN: norm(x + W2 relu(W1 x)); the layers own the modules (official names)."""
-    return norm(x + dropout_b(linear2(dropout_a(F.relu(linear1(x))))))
+    """Post-norm FFN: norm(x + W2 relu(W1 x)); the layers own the modules (official names).
+    The two linears are a dense region (``ddetr.precision``); the residual sum and the norm
+    stay in x's dtype."""
+    with dense(x):
+        h = linear2(dropout_a(F.relu(linear1(x), inplace=True)))
+    return norm(x + dropout_b(h))
 
 
 class DeformableEncoderLayer(nn.Module):

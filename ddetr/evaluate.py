@@ -3,6 +3,7 @@
     python -m ddetr.evaluate --checkpoint runs/small/model.safetensors --coco-dir data/synthetic
     python -m ddetr.evaluate --checkpoint r50_deformable_detr-checkpoint.pth --coco-dir data/coco \
         --device cuda --out runs/eval_official
+    python -m ddetr.evaluate --checkpoint ... --coco-dir ... --precision bf16   # bfloat16 dense layers
 
 Images go through `model.predict` exactly as a user's would (official eval resize, top-100 over
 queries x classes, no score threshold), so the number measures the shipped inference path.
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from ddetr.coco_eval import CocoEvalResult, detections_to_coco, evaluate_results
 from ddetr.data.coco import CocoDetection
+from ddetr.precision import PRECISIONS, bf16_speed_note
 
 
 class _Images(torch.utils.data.Dataset):
@@ -49,10 +51,11 @@ def _collate(batch):
 def predict_dataset(model: torch.nn.Module, dataset: CocoDetection, batch_size: int = 8,
                     min_size: int | None = None, max_size: int | None = None,
                     max_images: int | None = None, workers: int = 0,
-                    progress: bool = True) -> tuple[list[int], list[Any]]:
+                    progress: bool = True, precision: str = "fp32") -> tuple[list[int], list[Any]]:
     """Run `model.predict` over the dataset's images.
 
-    min_size / max_size override the model config's inference resize for this run only.
+    min_size / max_size override the model config's inference resize for this run only;
+    precision ("fp32" or "bf16") is passed to `model.predict`.
     Returns (image ids, Detections per image), in dataset order.
     """
     ids = list(dataset.ids)[:max_images]
@@ -66,7 +69,7 @@ def predict_dataset(model: torch.nn.Module, dataset: CocoDetection, batch_size: 
     try:
         for batch_ids, images in tqdm(loader, desc="evaluate", unit="batch", disable=not progress,
                                       dynamic_ncols=True):
-            detections.extend(model.predict(images))
+            detections.extend(model.predict(images, precision=precision))
             out_ids.extend(batch_ids)
     finally:
         model.cfg = original
@@ -76,10 +79,11 @@ def predict_dataset(model: torch.nn.Module, dataset: CocoDetection, batch_size: 
 def evaluate(model: torch.nn.Module, data: CocoDetection | str | Path, split: str = "val",
              batch_size: int = 8, min_size: int | None = None, max_size: int | None = None,
              max_images: int | None = None, workers: int = 0, out_dir: str | Path | None = None,
-             progress: bool = True, verbose: bool = False) -> dict[str, float]:
+             progress: bool = True, verbose: bool = False, precision: str = "fp32") -> dict[str, float]:
     """COCO bbox stats of `model` on a dataset (or a COCO-layout directory and split).
 
-    The model runs on whatever device it is on. With out_dir, writes `results_{split}.json`
+    The model runs on whatever device it is on, in ``precision`` ("fp32" or "bf16", see
+    ``ddetr.precision``). With out_dir, writes `results_{split}.json`
     (COCO results format) and `stats_{split}.json` there. verbose prints pycocotools' summary.
     Returns the 12 COCO stats by name (AP, AP50, ..., ARl); see `ddetr.coco_eval.STAT_NAMES`.
     """
@@ -90,7 +94,7 @@ def evaluate(model: torch.nn.Module, data: CocoDetection | str | Path, split: st
         print(f"warning: the model has {model.cfg.num_classes} classes, {dataset!r} has "
               f"{dataset.num_classes}; labels are read as category ids", file=sys.stderr)
     ids, detections = predict_dataset(model, dataset, batch_size, min_size, max_size,
-                                      max_images, workers, progress)
+                                      max_images, workers, progress, precision)
     known = set(dataset.coco.getCatIds())
     results = [r for r in detections_to_coco(ids, detections) if r["category_id"] in known]
     result: CocoEvalResult = evaluate_results(dataset.coco, results, image_ids=ids)
@@ -102,7 +106,7 @@ def evaluate(model: torch.nn.Module, data: CocoDetection | str | Path, split: st
         (out / f"results_{dataset.split}.json").write_text(json.dumps(results))
         (out / f"stats_{dataset.split}.json").write_text(json.dumps(
             {"stats": result.stats, "images": len(ids), "detections": len(results),
-             "dataset": str(dataset.root), "split": dataset.split}, indent=2))
+             "dataset": str(dataset.root), "split": dataset.split, "precision": precision}, indent=2))
     return result.stats
 
 
@@ -119,19 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-size", type=int, help="inference longer-side cap (default: the model's)")
     ap.add_argument("--max-images", type=int, help="evaluate only the first N images (quick check)")
     ap.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="bf16: backbone, projections and FFNs in bfloat16; boxes and sampling in float32")
     args = ap.parse_args(argv)
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is visible; use --device cpu")
-    from ddetr.checkpoint import load  # the lead's loader: official .pth, HF folders, ours
+    from ddetr.checkpoint import load  # any supported checkpoint: official .pth, HF folders, ours
 
     model, report = load(args.checkpoint)
     print(report, file=sys.stderr)
     model.to(args.device).eval()
+    note = bf16_speed_note(args.device) if args.precision == "bf16" else None
+    if note:
+        print(f"note: --precision bf16 on {args.device}: {note}", file=sys.stderr)
     dataset = CocoDetection(args.coco_dir, args.split)
     evaluate(model, dataset, batch_size=args.batch_size, min_size=args.min_size,
              max_size=args.max_size, max_images=args.max_images, workers=args.workers,
-             out_dir=args.out, verbose=True)
+             out_dir=args.out, verbose=True, precision=args.precision)
     return 0
 
 

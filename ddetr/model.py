@@ -19,6 +19,7 @@ from .heads import build_heads
 from .padding import valid_sizes
 from .position_encoding import PositionEmbeddingSine
 from .postprocess import Detections, postprocess
+from .precision import check as check_precision, dense, use as use_precision
 from .preprocess import Batch, prepare
 from .transformer import DeformableTransformer
 
@@ -101,13 +102,14 @@ class DeformableDETR(nn.Module):
         queries x classes) in original-image pixels, or in pixels of the unpadded inputs
         without a batch. A capture also records the batch's original images.
         """
-        feats = self.backbone[0](images, mask)
+        with dense(images):
+            feats = self.backbone[0](images, mask)
         srcs, masks = [], []
         for lvl, (f, m) in enumerate(feats):
-            srcs.append(self.input_proj[lvl](f))
+            srcs.append(self._project(lvl, f))
             masks.append(m)
         for lvl in range(len(feats), self.cfg.n_levels):
-            src = self.input_proj[lvl](feats[-1][0] if lvl == len(feats) else srcs[-1])
+            src = self._project(lvl, feats[-1][0] if lvl == len(feats) else srcs[-1])
             m = nn.functional.interpolate(mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
             srcs.append(src)
             masks.append(m)
@@ -132,6 +134,15 @@ class DeformableDETR(nn.Module):
             strides=self.strides, detections=detections,
         )
 
+    def _project(self, lvl: int, feature: torch.Tensor) -> torch.Tensor:
+        """Input projection of one level, (B, C_l, H, W) -> (B, d_model, H, W) float32: the
+        convolution is a dense region (bfloat16 under ``precision.use("bf16")``), the
+        GroupNorm and everything after it run in float32 (the transformer's residual stream)."""
+        conv, norm = self.input_proj[lvl]
+        with dense(feature):
+            out = conv(feature)
+        return norm(out.float())
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -142,19 +153,26 @@ class DeformableDETR(nn.Module):
         return prepare(images, c.min_size, c.max_size, c.pixel_mean, c.pixel_std, device=self.device)
 
     @torch.inference_mode()
-    def predict(self, images, score_threshold: float = 0.0, top_k: int | None = None) -> list[Detections]:
+    def predict(self, images, score_threshold: float = 0.0, top_k: int | None = None,
+                precision: str = "fp32") -> list[Detections]:
         """Detect objects in one image or a list of images of any sizes.
 
         Accepts PIL images (any mode), numpy arrays (H, W[, C]) and tensors ([C,] H, W) of
         uint8, uint16 or float in [0, 1]. Returns one ``Detections`` per image: boxes xyxy in
         original-image pixels, scores, labels, label names and the index of the query that
         produced each detection; top-k over queries x classes as officially, then thresholded.
+
+        precision: "fp32" (default) or "bf16": the backbone, input projections, value/output
+        projections and FFNs in bfloat16, everything that places or scores a box in float32
+        (``ddetr.precision``; R50 at 800x1333 on a CPU with AVX-512 BF16: 1.6-2x faster).
         """
+        check_precision(precision)
         was_training = self.training
         self.eval()
         try:
             batch = self.prepare(images)
-            out = self(batch.images, batch.mask, batch=batch, top_k=top_k)
+            with use_precision(precision):
+                out = self(batch.images, batch.mask, batch=batch, top_k=top_k)
         finally:
             self.train(was_training)
         return [d.above(score_threshold) if score_threshold > 0 else d for d in out.detections]

@@ -11,6 +11,7 @@ from .decoder import DecoderOutput, DeformableDecoder, DeformableDecoderLayer
 from .encoder import DeformableEncoder, DeformableEncoderLayer
 from .padding import valid_ratio
 from .position_encoding import proposal_position_embedding
+from .precision import float32
 from .two_stage import encoder_proposals
 
 
@@ -100,9 +101,10 @@ class DeformableTransformer(nn.Module):
             query_pos = query_pos.unsqueeze(0).expand(B, -1, -1)
             tgt = tgt.unsqueeze(0).expand(B, -1, -1)
             reference_points = self.reference_points(query_pos).sigmoid()  # (B, Q, 2)
-        dec = self.decoder(tgt=tgt, reference_points=reference_points, src=memory, spatial_shapes=spatial_shapes,
-                           level_start_index=level_start_index, valid_ratios=valid_ratios, query_pos=query_pos,
-                           padding_mask=mask_flat)
+        with float32():  # the decoder places the boxes: float32 in every precision (ddetr.precision)
+            dec = self.decoder(tgt=tgt, reference_points=reference_points, src=memory, spatial_shapes=spatial_shapes,
+                               level_start_index=level_start_index, valid_ratios=valid_ratios, query_pos=query_pos,
+                               padding_mask=mask_flat)
         return TransformerOutput(
             decoder=dec, memory=memory, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
             valid_ratios=valid_ratios, enc_logits=enc_logits, enc_boxes_unact=enc_boxes, proposal_index=topk,

@@ -35,7 +35,7 @@ import torch
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = {"cpu": ["ms_deform_attn_cpu.cpp"], "cuda": ["ms_deform_attn_cuda.cu"]}
-HEADERS = ["ms_deform_attn_math.h", "ms_deform_attn_checks.h"]
+HEADERS = ["ms_deform_attn_math.h", "ms_deform_attn_checks.h", "ms_deform_attn_cpu_avx512.h"]
 # -march=native is safe because the JIT builds on the machine that runs the code, and the
 # CPU's feature flags are part of the build key. -fopenmp makes at::parallel_for parallel
 # (without it ATen's header falls back to a serial loop); it links the libgomp torch loaded.

@@ -5,6 +5,8 @@ cases are skipped otherwise. Building the kernels is tested in test_ops_cuda_bui
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -247,6 +249,88 @@ def test_torch_compile_fullgraph_cpu():
     torch.testing.assert_close(out, ref)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r)
+
+
+# ---------------------------------------------------------------- the CPU kernel's two code paths
+# float32 with D in {16, 32, 64} runs AVX-512 kernels on CPUs that have it; the portable
+# kernels run everything else, and everything when DDETR_OPS_CPU_PATH=portable.
+@pytest.fixture(params=["avx512", "portable"])
+def cpu_path(request, monkeypatch):
+    monkeypatch.setenv("DDETR_OPS_CPU_PATH", request.param)
+    if request.param == "avx512" and not torch.cpu._is_avx512_supported():
+        pytest.skip("this CPU has no AVX-512")
+    assert torch.ops.ddetr_ops.cpu_path() == request.param
+    return request.param
+
+
+@pytest.mark.parametrize("D", [16, 32, 64])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_paths_match_reference(cpu_path, D, seed, threads):
+    """Both paths, float32, the channel counts the AVX-512 kernels take; two threads split the
+    backward by heads or, with one head, by levels."""
+    args, smooth = random_case(200 + seed, "cpu", torch.float32, D=D)
+    if seed == 3:  # one head: the backward's tasks split the levels
+        args[0], args[3], args[4] = args[0][:, :, :1], args[3][:, :, :1], args[4][:, :, :1]
+        smooth = smooth[:, :, :1]
+    ref_args = [t.double() if t.is_floating_point() else t for t in args]
+    grad_out = torch.randn(args[0].shape[0], args[3].shape[1], args[0].shape[2] * D, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(seed))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, grads = run_with_grads(ms_deform_attn, args, grad_out.float())
+    finally:
+        torch.set_num_threads(before)
+    ref, ref_grads = run_with_grads(ms_deform_attn_reference, ref_args, grad_out)
+    assert_close(out, ref, 1e-5)
+    assert_close(grads[0], ref_grads[0], 1e-5)
+    assert_close(grads[2], ref_grads[2], 1e-5)
+    mask = smooth[..., None].expand_as(grads[1])
+    assert_close(grads[1][mask], ref_grads[1][mask], 1e-5)
+
+
+def test_cpu_paths_never_read_offmap_corners(cpu_path):
+    """float32 versions of the NaN / outside-point tests, on both paths."""
+    shapes, starts = level_tensors([(2, 3), (2, 2)])
+    value = torch.randn(1, 10, 1, 16)
+    value[0, :6] = float("nan")  # all of level 0
+    loc = torch.tensor([[-5.0, -5.0], [0.1, 0.2]]).view(1, 1, 1, 2, 1, 2)
+    attn = torch.ones(1, 1, 1, 2, 1)
+    out = ms_deform_attn(value, shapes, starts, loc, attn)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ms_deform_attn_reference(value, shapes, starts, loc, attn), rtol=0, atol=1e-6)
+    args, _ = random_case(7, "cpu", torch.float32, B=1, Lq=6, D=32)
+    value, shapes, starts, loc, attn = args
+    loc = loc.clone()
+    loc[0, :, :, :, :, 0] = torch.tensor([-0.6, 1.6, float("nan"), float("inf"), -float("inf"), -50.0]).view(6, 1, 1, 1)
+    out, grads = run_with_grads(ms_deform_attn, [value, shapes, starts, loc, attn], torch.ones(1, 6, value.shape[2] * 32))
+    assert torch.equal(out, torch.zeros_like(out))
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+def test_cpu_paths_agree_at_the_encoder_shape():
+    """The two paths on an encoder-sized problem (levels of an 800x1333 image at 1/4 scale)."""
+    if not torch.cpu._is_avx512_supported():
+        pytest.skip("this CPU has no AVX-512")
+    shapes, starts = level_tensors([(25, 42), (13, 21), (7, 11), (4, 6)])
+    g = torch.Generator().manual_seed(0)
+    Lv = int((shapes[:, 0] * shapes[:, 1]).sum())
+    value = torch.randn(2, Lv, 8, 32, generator=g)
+    loc = torch.rand(2, Lv, 8, 4, 4, 2, generator=g) * 1.1 - 0.05
+    attn = torch.rand(2, Lv, 8, 4, 4, generator=g)
+    grad_out = torch.randn(2, Lv, 256, generator=g)
+    results = {}
+    for path in ("portable", "avx512"):
+        os.environ["DDETR_OPS_CPU_PATH"] = path
+        try:
+            results[path] = run_with_grads(ms_deform_attn, [value, shapes, starts, loc, attn], grad_out)
+        finally:
+            del os.environ["DDETR_OPS_CPU_PATH"]
+    (out_p, grads_p), (out_a, grads_a) = results["portable"], results["avx512"]
+    assert_close(out_a, out_p, 1e-5)
+    for a, p in zip(grads_a, grads_p):
+        assert_close(a, p, 1e-5)
 
 
 def valid_case():

@@ -4,6 +4,11 @@
 // loops run over such vectors in 64-byte SIMD blocks (GCC/Clang vector extensions: one
 // AVX-512 register, two AVX2 ones), with the accumulators held in registers.
 //
+// Two code paths: float32 with D in {16, 32, 64} (Deformable DETR: D = 32) runs the AVX-512
+// kernels of ms_deform_attn_cpu_avx512.h when the CPU has AVX-512 (checked at run time) and
+// DDETR_OPS_CPU_PATH is not "portable"; everything else runs the portable kernels below.
+// torch.ops.ddetr_ops.cpu_path() says which path float32 calls take.
+//
 // Parallelism (at::parallel_for, OpenMP underneath):
 //  * forward: over queries; each (query, head) writes its own output row. The corner list
 //    of the next (query, head) is built -- and its rows prefetched -- before the current
@@ -19,6 +24,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ms_deform_attn_checks.h"
@@ -123,6 +131,30 @@ struct Levels {
     }
   }
 };
+
+}  // namespace
+}  // namespace ddetr_ops
+
+// The AVX-512 kernels use Levels and MsdaDims.
+#include "ms_deform_attn_cpu_avx512.h"
+
+namespace ddetr_ops {
+namespace {
+
+// Which CPU code path runs: "avx512" when the CPU has it and DDETR_OPS_CPU_PATH is not
+// "portable" (read at every call, so tests can cover both paths in one process).
+enum class CpuPath { kPortable, kAvx512 };
+
+CpuPath cpu_path() {
+#ifdef MSDA_HAVE_AVX512
+  static const bool has_avx512 = avx512::cpu_has_avx512();
+  const char* env = std::getenv("DDETR_OPS_CPU_PATH");
+  const bool portable = env != nullptr && std::string(env) == "portable";
+  return has_avx512 && !portable ? CpuPath::kAvx512 : CpuPath::kPortable;
+#else
+  return CpuPath::kPortable;
+#endif
+}
 
 // The gather list of one (query, head): 4 * L * P corner rows and their weights
 // (bilinear * attention). Corners off the map point at a row of zeros: no branches in the
@@ -284,6 +316,15 @@ void backward_kernel(const T* grad_out, const T* value, const Levels& lv, const 
   const int64_t threads = at::get_num_threads();
   const int64_t groups = std::min(d.M, (threads + d.B - 1) / d.B);
   const int64_t splits = std::min(d.L, (threads + d.B * groups - 1) / (d.B * groups));
+#ifdef MSDA_HAVE_AVX512
+  if constexpr (std::is_same_v<T, float>) {
+    if (avx512::supports(d.D, d.Lv, d.M) && cpu_path() == CpuPath::kAvx512) {
+      const auto run = d.D == 16 ? avx512::backward<1> : d.D == 32 ? avx512::backward<2> : avx512::backward<4>;
+      run(grad_out, value, lv, loc, attn, grad_value, grad_loc, grad_attn, d, groups, splits);
+      return;
+    }
+  }
+#endif
   at::parallel_for(0, d.B * groups * splits, 1, [&](int64_t begin, int64_t end) {
     const std::vector<T> zero_row(D, T(0));
     std::vector<T> scratch(D);
@@ -339,7 +380,16 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor&
   const Levels lv(spatial_shapes.contiguous().data_ptr<int64_t>(),
                   level_start_index.contiguous().data_ptr<int64_t>(), d.L, d.Lv);
   auto out = at::empty({d.B, d.Lq, d.M * d.D}, v.options());
-  if (out.numel() > 0) {
+  if (out.numel() == 0) return out.to(value.scalar_type());
+#ifdef MSDA_HAVE_AVX512
+  if (ct == at::kFloat && avx512::supports(d.D, d.Lv, d.M) && cpu_path() == CpuPath::kAvx512) {
+    const auto run = d.D == 16 ? avx512::forward<1> : d.D == 32 ? avx512::forward<2> : avx512::forward<4>;
+    run(v.data_ptr<float>(), lv, loc.data_ptr<float>(), attn.data_ptr<float>(),
+        out.data_ptr<float>(), d);
+    return out.to(value.scalar_type());
+  }
+#endif
+  {
     AT_DISPATCH_FLOATING_TYPES(ct, "ms_deform_attn_forward_cpu", [&] {
       forward_kernel<scalar_t>(v.data_ptr<scalar_t>(), lv, loc.data_ptr<scalar_t>(),
                                attn.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), d);
@@ -391,6 +441,8 @@ TORCH_LIBRARY(ddetr_ops, m) {
       "ms_deform_attn_backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, "
       "Tensor level_start_index, Tensor sampling_locations, Tensor attention_weights) "
       "-> (Tensor, Tensor, Tensor)");
+  // Which CPU code path float32 calls take now ("avx512" or "portable"), for tests and benchmarks.
+  m.def("cpu_path() -> str", [] { return std::string(cpu_path() == CpuPath::kAvx512 ? "avx512" : "portable"); });
 }
 
 TORCH_LIBRARY_IMPL(ddetr_ops, CPU, m) {
