@@ -153,7 +153,7 @@ def main() -> None:
 
             tab_meds = {}
             ids = list(app.TABS)
-            for rep in range(max(3, n // 3)):
+            for rep in range(max(5, n // 2)):
                 for tab_id in ids[1:] + ids[:1]:  # the first is on screen already
                     sel = f"#tabs button[role=tab][data-tab-id={tab_id}]"
                     t = timed(page, "#tabs", lambda: page.locator(sel).click())

@@ -59,7 +59,7 @@ def wire(h, demo, model_events: dict, tab_js: str, box_js: str, url_js: str) -> 
     # No select listener on tabs (see explorer.page): the change event, the id read from the DOM.
     c.tabs.change(page(h.show_tab, [c.key, *tab_comps, c.url, c.link, c.notice]), [c.key, c.text_in, box],
                   [c.key, *tab_comps, c.url, c.link, c.notice], api_name=False, js=tab_js,
-                  trigger_mode="always_last", show_progress="minimal")
+                  trigger_mode="always_last", show_progress="hidden")
     on(c.ckpt.select, h.set_checkpoint, [c.ckpt], outputs=ckpt_out, model=True, tab=False, show_progress="full")
     on(c.open_anyway.click, h.open_anyway, [], outputs=ckpt_out, model=True, tab=False, show_progress="full")
     c.url.change(None, [c.url], None, js=url_js)

@@ -194,7 +194,10 @@ def test_unticking_every_head_leaves_the_pictures(page):
 
 def test_grid_cell_click_selects_its_layer_and_head(page, served):
     open_tab(page, "grid")
-    page.wait_for_selector("#image-grid img", timeout=WAIT)
+    # The grid of this selection has arrived (with the link to it) and its pixels are loaded.
+    page.wait_for_function("() => location.search.includes('tab=grid')", timeout=WAIT)
+    page.wait_for_function("() => { const i = document.querySelector('#image-grid img');"
+                           " return i && i.complete && i.naturalWidth > 0; }", timeout=WAIT)
     img = page.locator("#image-grid img")
     nat_w, nat_h = img.evaluate("e => [e.naturalWidth, e.naturalHeight]")
     cfg = served[1].explorer.registry.get(served[1].explorer.registry.startup_name).model.cfg
