@@ -120,6 +120,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--auth-file", metavar="FILE",
                     help="require a login; FILE holds one `user:password` per line (# starts a comment)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="fp32 (default), or bf16: the dense parts in bfloat16, sampling and boxes in float32 "
+                         "(ddetr.precision; our own model only)")
     ap.add_argument("--max-file-size", default=MAX_FILE_SIZE, help="upload limit, e.g. 25mb")
     ap.add_argument("--max-sessions", type=int, default=64, help="sessions kept in memory (LRU)")
     ap.add_argument("--max-memory-mb", type=int, default=1024, help="memory for all sessions' captures (LRU)")
@@ -147,8 +150,14 @@ def make_demo(args):
             raise SystemExit(str(e))
         if not checkpoints:
             print(f"note: no checkpoints found in {args.checkpoint_dir}", file=sys.stderr)
+    from ddetr.model import DeformableDETR
+
+    if args.precision != "fp32" and not isinstance(startup.model, DeformableDETR):
+        raise SystemExit(f"--precision {args.precision}: only this project's Deformable DETR runs in bf16; "
+                         f"{startup.name} is a transformers model: start without --precision")
     return build_demo(startup, examples=inspected_examples(args.inspect), checkpoints=checkpoints,
-                      device=args.device, max_sessions=args.max_sessions, max_bytes=args.max_memory_mb << 20)
+                      device=args.device, max_sessions=args.max_sessions, max_bytes=args.max_memory_mb << 20,
+                      precision=args.precision)
 
 
 def inspected_examples(folder) -> dict | None:
@@ -188,6 +197,12 @@ def main(argv=None) -> None:
     warning = serving.exposure_warning(args.host, login=bool(args.credentials))
     if warning:
         print(warning, file=sys.stderr)
+    if args.precision == "bf16":
+        from ddetr.precision import bf16_speed_note
+
+        note = bf16_speed_note(args.device)
+        if note:
+            print(f"note: --precision bf16 on {args.device}: {note}", file=sys.stderr)
     demo = make_demo(args)
     print(plain_header(demo.explorer.registry.get(demo.explorer.registry.startup_name)))
     demo.launch(**launch_kwargs(args))

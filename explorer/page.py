@@ -69,7 +69,7 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
                checkpoints: dict[str, Path] | None = None, name: str | None = None,
                random_weights: bool = False, device: str = "cpu", max_sessions: int = 64,
                max_bytes: int = 1 << 30, capture_bytes: float = 100e6, max_pixels: int = MAX_PIXELS,
-               threshold: float = 0.3) -> gr.Blocks:
+               threshold: float = 0.3, precision: str = "fp32") -> gr.Blocks:
     """The explorer page for ``model`` (a ``LoadedModel``, or a model and its ``LoadReport``).
 
     examples: {"synthetic": {name: path}, "photos": {...}}; checkpoints: the dropdown's
@@ -88,7 +88,7 @@ def build_demo(model, report=None, *, examples: dict[str, dict[str, Path]] | Non
         raise ValueError(f"example names must be unique across groups: {ex_names}")
     explorer = Explorer(registry, SessionStore(max_sessions, max_bytes), ex, Timings(),
                         capture_bytes=capture_bytes, max_pixels=max_pixels,
-                        upload_roots=[gr.utils.get_upload_folder()])
+                        upload_roots=[gr.utils.get_upload_folder()], precision=precision)
     h = Handlers(explorer, threshold)
     cfg = startup.model.cfg
     c = h.c  # the components, by name, filled in below

@@ -28,8 +28,9 @@ class Explorer:
 
     def __init__(self, registry: ModelRegistry, store: SessionStore, examples: dict[str, dict[str, Path]],
                  timings: Timings | None = None, *, capture_bytes: float = 100e6, max_pixels: int = 50_000_000,
-                 upload_roots=(), export_dir: str | os.PathLike | None = None):
+                 upload_roots=(), export_dir: str | os.PathLike | None = None, precision: str = "fp32"):
         self.registry, self.store, self.examples = registry, store, examples
+        self.precision = precision  # "fp32" or "bf16" (ddetr.precision), for this project's models
         self.timings = timings or Timings()
         self.capture_bytes, self.max_pixels = capture_bytes, int(max_pixels)
         self.upload_roots = [Path(r) for r in upload_roots]
@@ -118,9 +119,12 @@ class Explorer:
     def predict(self, s: Session, image):
         """Run the session's model once on ``image`` under a capture -> the ``Capture``."""
         from ddetr.capture import capture
+        from ddetr.model import DeformableDETR
 
         lm = self.model_of(s)
         prompt = self.prompt_of(s, lm)
+        if self.precision != "fp32" and isinstance(lm.model, DeformableDETR):  # transformers models: float32
+            prompt["precision"] = self.precision
         with lm.lock, self.timings.timer("model"):
             with capture(lm.model, max_bytes=self.capture_bytes) as session:
                 lm.model.predict(image, **prompt)

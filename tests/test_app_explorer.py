@@ -140,3 +140,28 @@ def test_pictures_are_drawn_at_the_size_shown(explorer, session):
     explorer.set_view(session, zoom=True)
     x0, y0, x1, y1 = explorer.zoom_rect(session)
     assert (x1 - x0) * (y1 - y0) <= w * h
+
+
+def test_bf16_explorer_captures_what_a_bf16_predict_gives(explorer, tmp_path):
+    """``--precision bf16`` reaches the model: the session's detections are those of
+    ``predict(precision="bf16")``, and fp32 detections differ from them."""
+    from ddetr.data.synthetic import render_scene
+
+    image = render_scene(11)[0]
+    bf16 = Explorer(explorer.registry, SessionStore(), explorer.examples, precision="bf16")
+    s = bf16.store.create(bf16.registry.startup_name)
+    bf16.run(s, bf16.example_path("scene.png"), example="scene.png")
+    model = bf16.registry.get(bf16.registry.startup_name).model
+    want = model.predict(image, precision="bf16")[0]
+    got = s.capture.detections
+    assert torch.equal(torch.as_tensor(np.asarray(got.scores)), want.scores)
+    fp32 = model.predict(image)[0]
+    assert not torch.equal(fp32.scores, want.scores)  # the precision really changed the computation
+
+
+def test_precision_flag_is_checked(tmp_path):
+    from explorer.cli import parse_args
+
+    assert parse_args(["--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(SystemExit):
+        parse_args(["--precision", "fp16"])
