@@ -88,7 +88,7 @@ def startup_model(args) -> LoadedModel:
 def launch_kwargs(args=None, **overrides) -> dict:
     """Secure defaults: localhost, bounded uploads, no monitoring / run history / MCP / share;
     Gradio's login when ``--auth`` / ``--auth-file`` gave credentials."""
-    from app import CSS  # the page's style; launch() is where Gradio 6 takes it
+    from explorer.page import CSS  # the page's style; launch() is where Gradio 6 takes it
 
     credentials = getattr(args, "credentials", None)
     kw = dict(server_name=getattr(args, "host", "127.0.0.1"), server_port=getattr(args, "port", 7860),
@@ -139,7 +139,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_demo(args):
-    from app import build_demo
+    from explorer.page import build_demo
 
     startup = startup_model(args)
     checkpoints = {}
@@ -190,7 +190,7 @@ def inspected_examples(folder) -> dict | None:
 
 
 def main(argv=None) -> None:
-    from app import plain_header
+    from explorer.status import plain_header
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)

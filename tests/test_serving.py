@@ -145,7 +145,7 @@ def test_a_host_beyond_loopback_warns_and_says_how_to_require_a_login(monkeypatc
             launched.update(kw)
 
     monkeypatch.setattr(cli, "make_demo", lambda args: FakeDemo())
-    monkeypatch.setattr(app, "plain_header", lambda lm: "header")
+    monkeypatch.setattr("explorer.status.plain_header", lambda lm: "header")
     for host in ("127.0.0.1", "localhost", "::1"):
         assert serving.exposure_warning(host, login=False) is None
     cli.main(["--host", "0.0.0.0"])
