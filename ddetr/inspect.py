@@ -16,7 +16,6 @@ equals the single-process one up to float rounding. Writes ``OUT/stats.json`` an
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -206,18 +205,6 @@ def _parse(argv):
     return args
 
 
-def _setup(device_arg: str) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(device_arg)
-    if device.type == "cuda":
-        device = torch.device("cuda", local if world > 1 else (device.index or 0))
-        torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=60))
-    return rank, world, device
-
-
 def main(argv=None) -> int:
     args = _parse(argv)
     import ddetr
@@ -225,8 +212,9 @@ def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .data.coco import CocoDetection
     from .inspect_report import write_report
+    from .train import setup_distributed  # the same torchrun environment as training
 
-    rank, world, device = _setup(args.device)
+    rank, world, device = setup_distributed(args.device)
     try:
         try:
             model, _ = ddetr.load(args.checkpoint, device=device)
