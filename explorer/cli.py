@@ -88,13 +88,14 @@ def startup_model(args) -> LoadedModel:
 def launch_kwargs(args=None, **overrides) -> dict:
     """Secure defaults: localhost, bounded uploads, no monitoring / run history / MCP / share;
     Gradio's login when ``--auth`` / ``--auth-file`` gave credentials."""
-    from explorer.page import CSS  # the page's style; launch() is where Gradio 6 takes it
+    from explorer.hover import HOVER_JS
+    from explorer.page import CSS  # the page's style and script: launch() is where Gradio 6 takes them
 
     credentials = getattr(args, "credentials", None)
     kw = dict(server_name=getattr(args, "host", "127.0.0.1"), server_port=getattr(args, "port", 7860),
               max_file_size=getattr(args, "max_file_size", MAX_FILE_SIZE), enable_monitoring=False,
               run_history=False, share=False, mcp_server=False, show_error=True, ssr_mode=False,
-              footer_links=["api", "settings"], css=CSS, auth=credentials or None,
+              footer_links=["api", "settings"], css=CSS, head=HOVER_JS, auth=credentials or None,
               auth_message="Deformable DETR Explorer: log in with an account the server was started with."
               if credentials else None)
     kw.update(overrides)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Callable
 
 import gradio as gr
 
-from . import serving
+from . import hover, serving
 from . import status as words
 from . import urlstate
 from .models import IncompleteCheckpoint
@@ -28,11 +30,25 @@ def _message(e: BaseException) -> str:
     return serving.scrub_paths(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
 
 
+@dataclass(frozen=True)
+class TabOpener:
+    """What a custom tab does when it comes on screen: ``fn(key)`` -> {component: update}
+    for ``outputs``; ``js`` runs in the browser once the update has arrived."""
+
+    fn: Callable
+    outputs: list
+    js: str | None = None
+
+
 class Handlers:
     def __init__(self, explorer, threshold: float = 0.3):
         self.x = explorer
         self.threshold = float(threshold)
         self.c = SimpleNamespace(tab_out={}, actions={}, galleries=[])
+        # tab id -> TabOpener: a custom tab's own answer to being opened (the Learn lesson starts),
+        # sent with the page's one tab event (a second listener on the tabs would be a second
+        # request and a second redraw per tab switch).
+        self.openers: dict[str, TabOpener] = {}
 
     # ------------------------------------------------------------------ responses
     def render(self, s, controls=()) -> dict:
@@ -46,7 +62,8 @@ class Handlers:
         if s.capture is not None:
             with x.timings.timer("render"):
                 out[c.att_image] = x.attention_image(s)
-                out[c.legend] = words.legend_html(x, s)
+                # the hover map of this picture rides with its legend (explorer.hover)
+                out[c.legend] = words.legend_html(x, s) + hover.map_html(x, s)
                 shown = (id(s.capture), s.view.threshold, s.target, s.box)
                 if s.page.get("detections_shown") != shown:
                     choices, value = x.detection_choices(s)
@@ -224,7 +241,15 @@ class Handlers:
             out = {self.c.key: s.key, **self.tab_update(s, s.active_tab, force=False)}
             out[self.c.url] = urlstate.encode(urlstate.of_session(self.x, s))
             out[self.c.link] = self.link_text(s)
-            return out
+        opener = self.openers.get(s.active_tab)
+        if opener is not None:  # outside the session's lock: the opener takes it (and the model's)
+            try:
+                out.update(opener.fn(s.key))
+            except (ValueError, LookupError) as e:  # the tab's own refusal; the tab switch stands
+                log.info("opening %s refused: %s", s.active_tab, " ".join(_message(e).split()))
+                out[self.c.notice] = f"⚠ {_message(e)}"
+
+        return out
 
     def click_tab(self, key, tab_id, u, v, box=""):
         return self._view(key, box, lambda s: self.x.click_tab(s, str(tab_id), float(u), float(v)), controls="all")

@@ -19,17 +19,20 @@ from viz.learn_steps import STEPS, step_labels, step_view
 from viz.raster import to_image_px
 
 from . import learn
+from .handlers import TabOpener
 from .views import Drawn
 
 SOURCES = [("the teaching example", "teaching"), ("this page's image and selection", "page")]
 PARTS = [("decoder query", "decoder"), ("encoder pixel", "encoder")]
 LABELS = step_labels()
-OPEN_JS = ("(k, t) => [k, document.querySelector('#tabs button[role=tab][aria-selected=true]')?.dataset.tabId ?? t]")
 # A step's figure replays its animation when it arrives (points fly out, weights grow).
 PLAY_JS = ("() => { setTimeout(() => { const d = document.querySelector('#learn-plot .js-plotly-plot');"
            " if (d && d._transitionData && window.Plotly && d.layout?.meta?.animate)"
            " window.Plotly.animate(d, null, {frame: {duration: 70, redraw: false}, transition: {duration: 70},"
            " mode: 'immediate'}); }, 300); }")
+# The same after a tab switch, only when the switch was to this tab.
+OPEN_PLAY_JS = ("() => { if (document.querySelector('#tabs button[role=tab][aria-selected=true]')?.dataset.tabId"
+                " === 'learn') (" + PLAY_JS + ")(); }")
 
 
 def draw_note(capture, selected, view) -> Drawn:
@@ -82,7 +85,6 @@ def build(c, h) -> None:
     with gr.Row():
         c.learn_export = gr.Button("Export the lesson as slides (PDF + PNGs)", elem_id="learn-export")
         c.learn_files = gr.File(label="Slides", file_count="multiple", interactive=False, elem_id="learn-files")
-    c.learn_tabid = gr.Textbox(visible=False)
     with gr.Accordion("Glossary", open=False):
         gr.Markdown(learn.GLOSSARY_MD, elem_id="learn-glossary")
 
@@ -110,6 +112,7 @@ def build(c, h) -> None:
         v = step_view(f, st.step)
         picture, scale = follow_picture(f)
         s.cache["learn_state"], s.cache["learn_scale"] = st, scale
+        s.page["learn_shown"] = (st, id(cap))
         heads = [("all heads", -1)] + [(f"head {m}", m) for m in range(f.n_heads)]
         return {c.learn_step: LABELS[v.index], c.learn_text: v.text, c.learn_plot: v.figure, c.learn_picture: picture,
                 c.learn_focus: learn.focus_markdown(f), c.learn_head: gr.update(choices=heads, value=st.head if
@@ -121,14 +124,14 @@ def build(c, h) -> None:
         with s.lock:
             return render(s, fn(s, state(s)))
 
-    def on_open(key, tab_id):
-        if tab_id != "learn":
-            return {}
+    def on_open(key):
         s = x.session(key)
         with s.lock:
             st = s.cache.get("learn_state")
             if st is None:
                 st = learn.teaching_state(teaching(s))
+            elif s.page.get("learn_shown") == (st, id(capture_of(s, st))):
+                return {}  # the tab still shows this lesson (hidden tabs keep their content)
             return render(s, st)
 
     def on_source(key, source):
@@ -201,11 +204,10 @@ def build(c, h) -> None:
             dep.then(None, None, None, js=step_js)
 
     # Opening the tab starts the lesson (the teaching example unless the session follows
-    # something else). A second listener on the tabs' change event, as explorer.page's own.
-    # Not in the model's queue: the page allows one model run in flight (explorer.serving), and an
-    # image picked while the tab opens must not be refused; the model's lock still serializes.
-    c.tabs.change(page(on_open, view_out), [c.key, c.learn_tabid], view_out, api_name=False,
-                  js=OPEN_JS).then(None, None, None, js=step_js)
+    # something else), answered with the page's own tab event (explorer.handlers.TabOpener). Not in
+    # the model's queue: the page allows one model run in flight (explorer.serving), and an image
+    # picked while the tab opens must not be refused; the model's lock still serializes.
+    h.openers["learn"] = TabOpener(on_open, view_out, OPEN_PLAY_JS)
     ev(c.learn_prev.click, lambda k: change(k, lambda s, st: learn.step_to(st, st.step - 1)), [c.key])
     ev(c.learn_next.click, lambda k: change(k, lambda s, st: learn.step_to(st, st.step + 1)), [c.key])
     ev(c.learn_step.input, lambda k, lab: change(k, lambda s, st: learn.step_to(st, LABELS.index(lab))),

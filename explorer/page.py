@@ -145,8 +145,8 @@ def _sidebar(c, ex, ex_names, threshold, prompt: bool) -> None:
     c.status = gr.Markdown(words.WELCOME, elem_id="status")
     c.link = gr.Markdown("", elem_id="link", elem_classes="ddetr-help")
     gr.Markdown("**Left picture:** click a box for where its query sampled, elsewhere for the encoder token "
-                "there. **Right:** the sampling points (dot size = weight); click a point for its numbers and "
-                "the four feature cells it reads.", elem_classes="ddetr-help")
+                "there. **Right:** the sampling points (dot size = weight); hover a point for its numbers and "
+                "the four feature cells it reads, click it to keep them in the status.", elem_classes="ddetr-help")
 
 
 def _pictures_and_controls(c, cfg) -> None:

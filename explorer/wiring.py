@@ -57,9 +57,15 @@ def wire(h, demo, model_events: dict, tab_js: str, box_js: str, url_js: str) -> 
             on(button.click, h.run_action, [gr.State(tab_id), choice], outputs=[note, body],
                model=TABS[tab_id].action.model, tab=False, show_progress="full")
     # No select listener on tabs (see explorer.page): the change event, the id read from the DOM.
-    c.tabs.change(page(h.show_tab, [c.key, *tab_comps, c.url, c.link, c.notice]), [c.key, c.text_in, box],
-                  [c.key, *tab_comps, c.url, c.link, c.notice], api_name=False, js=tab_js,
-                  trigger_mode="always_last", show_progress="hidden")
+    # One event for every tab; a custom tab's opener (h.openers) answers in the same response.
+    tab_outputs = [c.key, *tab_comps, c.url, c.link, c.notice]
+    for opener in h.openers.values():
+        tab_outputs += [o for o in opener.outputs if o not in tab_outputs]
+    dep = c.tabs.change(page(h.show_tab, tab_outputs), [c.key, c.text_in, box], tab_outputs, api_name=False,
+                        js=tab_js, trigger_mode="always_last", show_progress="hidden")
+    for opener in h.openers.values():
+        if opener.js:
+            dep = dep.then(None, None, None, js=opener.js)
     on(c.ckpt.select, h.set_checkpoint, [c.ckpt], outputs=ckpt_out, model=True, tab=False, show_progress="full")
     on(c.open_anyway.click, h.open_anyway, [], outputs=ckpt_out, model=True, tab=False, show_progress="full")
     c.url.change(None, [c.url], None, js=url_js)

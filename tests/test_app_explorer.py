@@ -90,6 +90,43 @@ def test_clicking_a_point_picks_it_and_names_the_cells_it_reads(explorer, sessio
         assert f"head {table.head[k]} · level {table.level[k]}" in status(explorer, session)
 
 
+def test_the_hover_map_names_what_a_click_there_picks(explorer, session):
+    """Every point the attention picture draws is in the hover map, at its place in the picture,
+    with the cells a click there names; a click at a map entry picks that point."""
+    from explorer.hover import hover_map
+    from viz.canvas import level_grid_lines
+    from viz.overlay import read_cells
+
+    for merged in (True, False):
+        explorer.set_view(session, merged=merged, heads=None)
+        session.target = ("detection", 0)
+        table, _ = explorer.table(session)
+        panels = explorer.attention_panels(session)
+        m = hover_map(explorer, session)
+        pic = explorer.attention_image(session)
+        assert (m["w"], m["h"]) == (pic.shape[1], pic.shape[0])
+        assert len(m["pts"]) == len(table)  # one panel per point: merged, or its level's
+        heaviest = max(m["pts"], key=lambda p: p[3])
+        u, v, r, w, text, cells = heaviest
+        k = int(np.argmax(table.weight))
+        assert w == pytest.approx(float(table.weight[k]))
+        assert text.startswith(f"head {table.head[k]} · level {table.level[k]} · point {table.point[k]} ·")
+        lvl = int(table.level[k])
+        panel = next(p for p in panels if p.level in (None, lvl))
+        assert (u, v) == pytest.approx((panel.left + (table.image_px[k, 0] - panel.origin[0]) * panel.scale,
+                                        panel.top + (table.image_px[k, 1] - panel.origin[1]) * panel.scale), abs=0.06)
+        xs, ys = level_grid_lines(session.capture.geometry, lvl)
+        expect = [(panel.left + (xs[cx] - panel.origin[0]) * panel.scale,
+                   panel.top + (ys[cy] - panel.origin[1]) * panel.scale, bw)
+                  for cx, cy, bw in read_cells(table.level_px[k], session.capture.geometry.valid_wh[lvl])]
+        assert len(expect) >= 1
+        np.testing.assert_allclose([(c[0], c[1], c[4]) for c in cells], expect, atol=0.06)
+        explorer.click_attention(session, u - 0.5, v - 0.5)  # the same pixel the pointer is over
+        assert session.point == (int(table.head[k]), int(table.level[k]), int(table.point[k]))
+    session.target = None
+    assert hover_map(explorer, session) is None
+
+
 def test_read_cells_match_grid_sample():
     """The four cells and weights named for a point are grid_sample's (align_corners=False)."""
     from viz.overlay import read_cells

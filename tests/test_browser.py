@@ -225,6 +225,36 @@ def test_clicks_on_the_attention_view_in_both_layouts(page):
     no_errors(page)
 
 
+def test_hovering_a_point_outlines_the_cells_it_reads(page):
+    """The pointer over a sampling point (no click): its numbers and its read cells appear over
+    the picture at once; off the points they go away."""
+    import json
+
+    page.wait_for_function("() => !document.querySelector('#att-image .wrap.pending')", timeout=WAIT)
+    page.wait_for_function("() => { const i = document.querySelector('#att-image img'), m = document.querySelector("
+                           "'#att-hover-map'); return i && i.complete && m && JSON.parse(m.dataset.map).w === "
+                           "i.naturalWidth; }", timeout=WAIT)
+    m = json.loads(page.get_attribute("#att-hover-map", "data-map"))
+    # a point no other point's hit circle covers: the pointer there can only mean it
+    alone = [p for p in m["pts"] if p[5] and not any(q is not p and np.hypot(q[0] - p[0], q[1] - p[1]) <= q[2]
+                                                     for q in m["pts"])]
+    assert alone, "every point overlaps another one"
+    u, v, r, w, text, cells = max(alone, key=lambda p: p[3])
+    img = page.locator("#att-image img")
+    img.scroll_into_view_if_needed()
+    box = img.bounding_box()
+    k = min(box["width"] / m["w"], box["height"] / m["h"])
+    ox, oy = (box["width"] - m["w"] * k) / 2, (box["height"] - m["h"] * k) / 2
+    page.mouse.move(box["x"] + ox + u * k, box["y"] + oy + v * k)
+    page.wait_for_selector("#att-hover-tip", state="visible", timeout=WAIT)
+    assert page.inner_text("#att-hover-tip") == text
+    assert page.locator("#att-hover-svg rect.cell").count() == len(cells)
+    shot(page, "5b_hover")
+    page.mouse.move(box["x"] + 2, box["y"] + box["height"] + 40)  # off the picture
+    page.wait_for_selector("#att-hover-tip", state="hidden", timeout=WAIT)
+    no_errors(page)
+
+
 def test_a_link_restores_the_view(page, served):
     url = served[0] + "?example=scene_1.png&det=2&layer=1&heads=2,5&levels=0,1&tab=learn"
     page.goto("about:blank")  # leaving the page aborts its event stream: not an error of the page

@@ -441,9 +441,9 @@ def test_html_report_is_self_contained(cap, query, tmp_path):
     page.markdown(viz.lesson(cap, query).markdown())
     path = page.write(tmp_path / "r.html")
     text = path.read_text()
-    from viz.canvas import png_data_uri
+    from viz.canvas import image_data_uri
 
-    assert text.count(png_data_uri(cap.image)) == 1  # the image stored once for both figures
+    assert text.count(image_data_uri(cap.image)) == 1  # the image stored once for both figures
     assert not re.search(r"<script[^>]*\bsrc=", text)  # nothing loaded from elsewhere: works offline
     assert len(re.findall(r"plotly\.js v\d", text)) == 1  # plotly.js inlined once
     figs = re.findall(r'<script type="application/json" id="fig\d+-json">(.*?)</script>', text, re.S)

@@ -143,7 +143,7 @@ def heatmap_figure(capture, query: int | None = None, selection: Selection = Sel
         data.append(canvas.plotly_image(image, xn, yn))
         zh, zw = z.shape
         dx, dy = (rect[2] - rect[0]) / zw, (rect[3] - rect[1]) / zh
-        data.append(fp.Heatmap(z=z, x0=rect[0] + dx / 2, dx=dx, y0=rect[1] + dy / 2, dy=dy, xaxis=xn, yaxis=yn,
+        data.append(fp.Heatmap(z=z.astype(np.float32), x0=rect[0] + dx / 2, dx=dx, y0=rect[1] + dy / 2, dy=dy, xaxis=xn, yaxis=yn,
                                colorscale=HEAT_CMAP.capitalize(), zmin=0, zmax=float(z.max()) or 1.0, opacity=0.65,
                                hovertemplate=hover + "<extra></extra>", showscale=False, meta="heatmap"))
     layout = canvas.base_layout(_title(maps) + f" · {maps.weight:.2f} spent", height=330 * rows, legend=False)
