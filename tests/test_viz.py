@@ -452,3 +452,20 @@ def test_html_report_is_self_contained(cap, query, tmp_path):
     xs = np.concatenate([_array(t["x"]) for t in data if t.get("meta") == SAMPLING])
     assert len(xs) == cap.meta["n_heads"] * cap.meta["n_levels"] * cap.meta["n_points"]
     assert "<table>" in text and "<b>" in text
+
+
+def test_box_labels_never_cover_each_other():
+    """Labels of stacked boxes take the free places (above, inside, below) and the rest are left
+    out; far-apart boxes all get theirs; the first (the selection) is always drawn."""
+    from viz.raster import Raster
+
+    blank = np.full((200, 300, 3), 255, dtype=np.uint8)
+    same = [((100, 80, 160, 120), f"cat 0.{9 - i}") for i in range(6)]
+    r = Raster(blank, 2.0)
+    assert r.box_labels(same) == 3
+    far = [((10, 150, 40, 190), "a 0.9"), ((200, 20, 290, 60), "b 0.8")]
+    assert Raster(blank, 2.0).box_labels(far) == 2
+    # a label over the picture's top edge moves into it: the box at y = 0 keeps its label
+    r = Raster(blank, 1.0)
+    assert r.box_labels([((0, 0, 30, 30), "edge 0.5")]) == 1
+    assert (r.array()[:2, :10] == 0).all()  # its dark background (2 px margin) is inside the picture

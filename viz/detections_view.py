@@ -61,12 +61,16 @@ def render_detections(capture, threshold: float = 0.5, scale: float | None = Non
     ``selected`` (a detection index, drawn even below the threshold) thick, on top."""
     boxes, scores, names, _ = _dets(capture, threshold)
     r = Raster(capture.image, scale)
-    for i, (b, s, n) in enumerate(zip(boxes, scores, names)):
-        r.box(b, color=head_color(i), label=f"{n} {s:.2f}")
+    for i, b in enumerate(boxes):
+        r.box(b, color=head_color(i))
+    labels = [(b, f"{n} {s:.2f}") for b, s, n in sorted(zip(boxes, scores, names), key=lambda t: -t[1])]
     if selected is not None:
         det = capture.detections
         if not 0 <= selected < len(det):
             raise IndexError(f"detection {selected} does not exist; there are {len(det)}")
-        r.box(det.boxes[selected].numpy(), color=SELECTED_COLOR, width=4,
-              label=f"{det.label_names[selected]} {float(det.scores[selected]):.2f}")
+        b = det.boxes[selected].numpy()
+        r.box(b, color=SELECTED_COLOR, width=4)
+        labels.insert(0, (b, f"{det.label_names[selected]} {float(det.scores[selected]):.2f}"))
+    # Labels last, best first, none over another: close boxes no longer stack unreadable labels.
+    r.box_labels(labels)
     return r.array()

@@ -11,6 +11,8 @@ that level's map, edges at integers), as ``ddetr.frames`` defines them.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -92,21 +94,28 @@ def figure_pyramid(f: Focus) -> go.Figure:
     g = f.geometry
     L = g.n_levels
     h0, w0 = g.orig_size
-    titles = [f"level {l}: {int(w)}×{int(h)}, stride {s}" for l, ((h, w), s) in
+    titles = [f"level {l}: {int(w)}×{int(h)} cells, stride {s}" for l, ((h, w), s) in
               enumerate(zip(g.spatial_shapes, g.strides))]
-    fig = make_subplots(1, L, subplot_titles=titles, horizontal_spacing=0.02)
+    # Two columns from three levels on: four titles in one row overlapped at 1024 px, and each map
+    # was too small to show its cells.
+    cols = L if L <= 2 else 2
+    rows = math.ceil(L / cols)
+    fig = make_subplots(rows, cols, subplot_titles=titles, horizontal_spacing=0.03, vertical_spacing=0.08)
     for l in range(L):
+        r, c = divmod(l, cols)
         pic = canvas.level_picture(f.capture.image, g, l)
-        fig.add_trace(canvas.plotly_image_at(pic, (0, 0, w0, h0)), 1, l + 1)
+        fig.add_trace(canvas.plotly_image_at(pic, (0, 0, w0, h0)), r + 1, c + 1)
         xs, ys = canvas.level_grid_lines(g, l)
         gx, gy = canvas.grid_polyline(xs, ys)
         fig.add_trace(go.Scatter(x=gx, y=gy, mode="lines", line=dict(color="rgba(255,255,255,0.55)", width=0.7),
-                                 hoverinfo="skip", showlegend=False), 1, l + 1)
-        _reference(fig, *f.reference_image_px, row=1, col=l + 1, show=l == 0)
-        fig.update_xaxes(range=[0, w0], showticklabels=False, showgrid=False, zeroline=False, row=1, col=l + 1)
-        fig.update_yaxes(range=[h0, 0], showticklabels=False, showgrid=False, zeroline=False, row=1, col=l + 1)
+                                 hoverinfo="skip", showlegend=False), r + 1, c + 1)
+        _reference(fig, *f.reference_image_px, row=r + 1, col=c + 1, show=l == 0)
+        fig.update_xaxes(range=[0, w0], showticklabels=False, showgrid=False, zeroline=False, row=r + 1, col=c + 1)
+        fig.update_yaxes(range=[h0, 0], showticklabels=False, showgrid=False, zeroline=False, row=r + 1, col=c + 1)
     _equal_axes(fig, L)
-    return _layout(fig, "1. The feature pyramid: L maps of cells, each cell one feature vector", height=360)
+    fig.update_annotations(font_size=12)
+    return _layout(fig, "1. The feature pyramid: L maps of cells, each cell one feature vector",
+                   height=max(HEIGHT, 60 + 250 * rows))
 
 
 def figure_query(f: Focus) -> go.Figure:

@@ -166,8 +166,35 @@ class Raster:
         font = self.font
         l, t, r, b = self.draw.textbbox((0, 0), text, font=font)
         y = max(y - (b - t) - 4, 0)
+        self._label_at(x, y, text)
+
+    def _label_at(self, x: float, y: float, text: str) -> None:
+        l, t, r, b = self.draw.textbbox((0, 0), text, font=self.font)
         self.draw.rectangle([x, y, x + (r - l) + 4, y + (b - t) + 4], fill=(0, 0, 0))
-        self.draw.text((x + 2 - l, y + 2 - t), text, fill=(255, 255, 255), font=font)
+        self.draw.text((x + 2 - l, y + 2 - t), text, fill=(255, 255, 255), font=self.font)
+
+    def box_labels(self, items) -> int:
+        """Labels for boxes without covering each other: ``items`` [(xyxy image px, text)] in
+        priority order (the first is always drawn). Each label goes above its box's top-left
+        corner, else just inside it, else below the box, shifted left to stay in the picture;
+        a label that fits nowhere free is left out (the detections list names every box).
+        Returns how many were drawn."""
+        W, H = self.size
+        taken: list[tuple[float, float, float, float]] = []
+        for n, (xyxy, text) in enumerate(items):
+            x0, y0, x1, y1 = ((np.asarray(xyxy, dtype=np.float64) - np.tile(self.origin, 2)) * self.scale).tolist()
+            l, t, r, b = self.draw.textbbox((0, 0), text, font=self.font)
+            w, h = (r - l) + 4, (b - t) + 4
+            x = min(max(x0, 0.0), max(W - w, 0.0))
+            for y in (y0 - h, y0 + 1, y1 + 1):
+                y = min(max(y, 0.0), max(H - h, 0.0))
+                rect = (x, y, x + w, y + h)
+                if n == 0 or not any(rect[0] < q[2] and q[0] < rect[2] and rect[1] < q[3] and q[1] < rect[3]
+                                     for q in taken):
+                    taken.append(rect)
+                    self._label_at(x, y, text)
+                    break
+        return len(taken)
 
     def lines(self, start, end, colors, width: int = 1, head: float = 0.0) -> None:
         """Segments start (N, 2) -> end (N, 2) in image px; ``head`` > 0 adds arrow heads (display px)."""
