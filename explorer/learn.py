@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,9 @@ TEACHING = examples_dir() / "teaching" / "teaching.json"
 SNAPSHOTS = examples_dir() / "snapshots"
 
 
-_TEACHING_CAPTURES: dict = {}  # id(model) -> the teaching example's capture (small; one per loaded model)
+# model -> the teaching example's capture (small). Weak keys: a model the registry lets go takes
+# its capture with it (an id() key could be reused by the next model loaded at that address).
+_TEACHING_CAPTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def teaching_capture(model):
@@ -40,12 +43,12 @@ def teaching_capture(model):
 
     from ddetr.capture import capture
 
-    key = id(model)
-    if key not in _TEACHING_CAPTURES:
+    hit = _TEACHING_CAPTURES.get(model)
+    if hit is None:
         with capture(model) as session:
             model.predict(Image.open(teaching_example()["path"]))
-        _TEACHING_CAPTURES[key] = session.last
-    return _TEACHING_CAPTURES[key]
+        hit = _TEACHING_CAPTURES[model] = session.last
+    return hit
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ learn-files.
 """
 from __future__ import annotations
 
+import logging
 import tempfile
+import threading
 
 import gradio as gr
 
@@ -25,6 +27,7 @@ from .views import Drawn
 SOURCES = [("the teaching example", "teaching"), ("this page's image and selection", "page")]
 PARTS = [("decoder query", "decoder"), ("encoder pixel", "encoder")]
 LABELS = step_labels()
+log = logging.getLogger("ddetr.app")
 # A step's figure replays its animation when it arrives (points fly out, weights grow).
 PLAY_JS = ("() => { setTimeout(() => { const d = document.querySelector('#learn-plot .js-plotly-plot');"
            " if (d && d._transitionData && window.Plotly && d.layout?.meta?.animate)"
@@ -33,6 +36,15 @@ PLAY_JS = ("() => { setTimeout(() => { const d = document.querySelector('#learn-
 # The same after a tab switch, only when the switch was to this tab.
 OPEN_PLAY_JS = ("() => { if (document.querySelector('#tabs button[role=tab][aria-selected=true]')?.dataset.tabId"
                 " === 'learn') (" + PLAY_JS + ")(); }")
+
+
+def warm_up(lm) -> None:
+    """Run the teaching example through ``lm``'s model (kept by ``learn.teaching_capture``)."""
+    try:
+        with lm.lock:  # the model's forward passes take turns (explorer.models)
+            learn.teaching_capture(lm.model)
+    except Exception as e:  # only a head start: opening the tab runs it again and reports the error
+        log.info("Learn's teaching example could not be run ahead: %s", type(e).__name__)
 
 
 def draw_note(capture, selected, view) -> Drawn:
@@ -208,6 +220,9 @@ def build(c, h) -> None:
     # the model's queue: the page allows one model run in flight (explorer.serving), and an image
     # picked while the tab opens must not be refused; the model's lock still serializes.
     h.openers["learn"] = TabOpener(on_open, view_out, OPEN_PLAY_JS)
+    # The teaching example's forward pass, made now rather than when someone first opens the tab.
+    threading.Thread(target=warm_up, args=(x.registry.get(x.registry.startup_name),), daemon=True,
+                     name="learn-warm-up").start()
     ev(c.learn_prev.click, lambda k: change(k, lambda s, st: learn.step_to(st, st.step - 1)), [c.key])
     ev(c.learn_next.click, lambda k: change(k, lambda s, st: learn.step_to(st, st.step + 1)), [c.key])
     ev(c.learn_step.input, lambda k, lab: change(k, lambda s, st: learn.step_to(st, LABELS.index(lab))),
