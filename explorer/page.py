@@ -176,7 +176,7 @@ def _pictures_and_controls(c, cfg) -> None:
                                   elem_id="color-by", min_width=120)
             c.layout = gr.Radio([("merged", "merged"), ("across scales", "scales")], value="merged",
                                 label="Levels shown", elem_id="layout", min_width=150)
-            c.zoom = gr.Checkbox(False, label="Zoom to selection", elem_id="zoom", min_width=150)
+            c.zoom = gr.Checkbox(False, label="Zoom in", elem_id="zoom", min_width=100)  # to the selection and its points
     c.controls = [c.layer, c.heads, c.levels, c.color_by, c.top_k, c.layout, c.enc_level]
 
 

@@ -59,13 +59,14 @@ def render_detections(capture, threshold: float = 0.5, scale: float | None = Non
                       selected: int | None = None) -> np.ndarray:
     """RGB: every detection >= threshold (best class per query) boxed and labelled;
     ``selected`` (a detection index, drawn even below the threshold) thick, on top."""
-    boxes, scores, names, _ = _dets(capture, threshold)
+    det = capture.detections
+    shown = [i for i, _ in detection_queries(capture, threshold)]
     r = Raster(capture.image, scale)
-    for i, b in enumerate(boxes):
-        r.box(b, color=head_color(i))
-    labels = [(b, f"{n} {s:.2f}") for b, s, n in sorted(zip(boxes, scores, names), key=lambda t: -t[1])]
+    for k, i in enumerate(shown):
+        r.box(det.boxes[i].numpy(), color=head_color(k))
+    labels = [(det.boxes[i].numpy(), f"{det.label_names[i]} {float(det.scores[i]):.2f}")
+              for i in sorted(shown, key=lambda i: -float(det.scores[i])) if i != selected]
     if selected is not None:
-        det = capture.detections
         if not 0 <= selected < len(det):
             raise IndexError(f"detection {selected} does not exist; there are {len(det)}")
         b = det.boxes[selected].numpy()
