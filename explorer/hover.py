@@ -112,10 +112,12 @@ HOVER_JS = """
   }
   function hide() { if (svg) { svg.style.display = 'none'; tip.style.display = 'none'; } }
   document.addEventListener('mousemove', (e) => {
-    const img = e.target instanceof Element ? e.target.closest('#att-image img') : null;
+    // By position, not by event target: the picture's own buttons (fullscreen) lie over it.
+    const img = document.querySelector('#att-image img');
     const m = img && map();
     if (!m || !img.naturalWidth || img.naturalWidth !== m.w || img.naturalHeight !== m.h) return hide();
     const r = img.getBoundingClientRect();
+    if (e.clientX < r.left || e.clientX > r.right || e.clientY < r.top || e.clientY > r.bottom) return hide();
     const q = Math.min(r.width / m.w, r.height / m.h);
     const ox = r.left + (r.width - m.w * q) / 2, oy = r.top + (r.height - m.h * q) / 2;
     const u = (e.clientX - ox) / q, v = (e.clientY - oy) / q;
