@@ -14,8 +14,11 @@ Accuracy (``--accuracy``): for the three R50 variants (multi_scale, box_refine, 
 random weights (``tests/randomize.py``), ``ddetr.precision.agreement`` on one 800x1333 image:
 every captured sampling location (level pixels; goal <= 0.05), encoder and decoder apart, and
 the boxes of fp32's top-100 detections against the bf16 boxes of the same queries (pixels;
-goal <= 1). Two-stage queries are a top-k over encoder scores; where the precisions pick
-different ones, only the encoder is compared.
+goal <= 1), and fp32's top-100 detections matched one-to-one (Hungarian on the L1 box
+distance, labels kept) to bf16's top-100: the largest and median coordinate difference, and
+the fraction matched to the same label. Two-stage queries are a top-k over encoder scores;
+where the precisions pick different ones, the decoder and same-query boxes are not compared
+and the matched detections are the comparison.
 
     python bench/r50_cpu.py                      # timing, 3 rounds
     python bench/r50_cpu.py --accuracy           # bf16 vs fp32, three variants
@@ -125,8 +128,11 @@ def accuracy(variants: list[str]) -> None:
         dec = "not compared" if r.decoder_level_px is None else f"{r.decoder_level_px:.4f}"
         boxes = "not compared" if r.boxes_px is None else f"{r.boxes_px:.3f} px"
         print(f"  {variant:<24} sampling locations (goal <= 0.05 level px): encoder {r.encoder_level_px:.4f}, "
-              f"decoder {dec}; top-100 boxes (goal <= 1 px) {boxes}; same two-stage queries "
-              f"{r.same_proposals:.0%}", flush=True)
+              f"decoder {dec}; same two-stage queries {r.same_proposals:.0%}\n"
+              f"  {'':<24} boxes (goal <= 1 px): same queries {boxes}; top-100 detections matched one-to-one: "
+              f"max {r.matched_px:.3f} px, median {r.matched_median_px:.3f} px, same label {r.matched_same_label:.0%}; "
+              f"same top-100 {r.same_detections:.0%}; distinct fp32 boxes {r.distinct_boxes}",
+              flush=True)
 
 
 def profile(prec: str) -> None:
