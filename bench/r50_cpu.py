@@ -23,6 +23,7 @@ and the matched detections are the comparison.
     python bench/r50_cpu.py                      # timing, 3 rounds
     python bench/r50_cpu.py --accuracy           # bf16 vs fp32, three variants
     python bench/r50_cpu.py --profile fp32       # torch.profiler table of one forward
+    python bench/r50_cpu.py --compile            # eager vs torch.compile'd backbone, compile time
 """
 from __future__ import annotations
 
@@ -115,6 +116,43 @@ def timing(repeats: int) -> None:
           + ("" if note else f"; ours bf16 >= 4x: {med[theirs_name] / med['ours bf16']:.2f}x"))
 
 
+def compiled(repeats: int, parts: str) -> None:
+    """Ours eager against ours with ``ddetr.compile_model(parts=...)``, fp32 and bf16, interleaved."""
+    import copy
+
+    eager = r50()
+    comp = ddetr.compile_model(copy.deepcopy(eager), parts)
+    x = torch.randn(1, 3, H, W, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, H, W, dtype=torch.bool)
+    precs = ["fp32"] + ([] if precision.bf16_speed_note("cpu") else ["bf16"])
+    runs, outputs, first = {}, {}, {}
+    for prec in precs:
+        for kind, model in (("eager", eager), (f"compiled {parts}", comp)):
+            def run(model=model, prec=prec):
+                with precision.use(prec):
+                    return model(x, mask)
+            runs[f"ours {prec} {kind}"] = run
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    with torch.inference_mode():
+        for name, fn in runs.items():  # the compiled ones compile here (first call)
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            first[name] = time.perf_counter() - t0
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    print(f"torch.compile (ddetr.compile_model, parts={parts!r}, Inductor freezing), R50 multi-scale {H}x{W}, "
+          f"batch 1, {torch.get_num_threads()} threads, {repeats} interleaved rounds (median)")
+    for prec in precs:
+        e, c = f"ours {prec} eager", f"ours {prec} compiled {parts}"
+        te, tc = statistics.median(times[e]), statistics.median(times[c])
+        diff = (outputs[c].logits.float() - outputs[e].logits.float()).abs().max().item()
+        print(f"  {prec}: eager {te:5.2f} s (first call {first[e]:5.1f} s); compiled {tc:5.2f} s (first call, "
+              f"compiling: {first[c]:6.1f} s); eager/compiled {te / tc:4.2f}x; max|logit - eager| {diff:.1e}")
+
+
 def accuracy(variants: list[str]) -> None:
     from randomize import randomize
 
@@ -156,12 +194,16 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     ap.add_argument("--accuracy", action="store_true", help="bf16 vs fp32 boxes and sampling locations")
     ap.add_argument("--variants", nargs="+", default=["multi_scale", "multi_scale_box_refine", "multi_scale_two_stage"])
+    ap.add_argument("--compile", nargs="?", const="backbone", choices=("backbone", "model"),
+                    help="eager against ddetr.compile_model(parts=...) (default: the backbone)")
     ap.add_argument("--profile", choices=precision.PRECISIONS, help="print a torch.profiler table instead")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.profile:
         profile(args.profile)
+    elif args.compile:
+        compiled(args.repeats, args.compile)
     elif args.accuracy:
         accuracy(args.variants)
     else:
