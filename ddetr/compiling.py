@@ -17,6 +17,12 @@ compile a model for inference, after loading its checkpoint.
 Compilation happens on the first call for each input shape and precision (Dynamo guards on
 both), so the first ``predict`` of a size is slow and the later ones are not; ``dynamic=None``
 (default) lets a second image size recompile once with symbolic sizes.
+
+Measured (``python bench/r50_cpu.py --compile``, R50 800x1333, 2 shared cores, fresh Inductor
+cache): compiling the backbone takes 22 s (fp32) and 27 s (bf16) on the first call; the
+steady forward is as fast as eager (eager/compiled 0.99x fp32, 1.04x bf16), because eager
+already runs the convolutions in oneDNN, channels-last, with batch norm folded. So it stays
+an option, off by default.
 """
 from __future__ import annotations
 
