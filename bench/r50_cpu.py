@@ -14,12 +14,16 @@ Accuracy (``--accuracy``): for the three R50 variants (multi_scale, box_refine, 
 random weights (``tests/randomize.py``), ``ddetr.precision.agreement`` on one 800x1333 image:
 every captured sampling location (level pixels; goal <= 0.05), encoder and decoder apart, and
 the boxes of fp32's top-100 detections against the bf16 boxes of the same queries (pixels;
-goal <= 1). Two-stage queries are a top-k over encoder scores; where the precisions pick
-different ones, only the encoder is compared.
+goal <= 1), and fp32's top-100 detections matched one-to-one (Hungarian on the L1 box
+distance, labels kept) to bf16's top-100: the largest and median coordinate difference, and
+the fraction matched to the same label. Two-stage queries are a top-k over encoder scores;
+where the precisions pick different ones, the decoder and same-query boxes are not compared
+and the matched detections are the comparison.
 
     python bench/r50_cpu.py                      # timing, 3 rounds
     python bench/r50_cpu.py --accuracy           # bf16 vs fp32, three variants
     python bench/r50_cpu.py --profile fp32       # torch.profiler table of one forward
+    python bench/r50_cpu.py --compile            # eager vs torch.compile'd backbone, compile time
 """
 from __future__ import annotations
 
@@ -112,6 +116,43 @@ def timing(repeats: int) -> None:
           + ("" if note else f"; ours bf16 >= 4x: {med[theirs_name] / med['ours bf16']:.2f}x"))
 
 
+def compiled(repeats: int, parts: str) -> None:
+    """Ours eager against ours with ``ddetr.compile_model(parts=...)``, fp32 and bf16, interleaved."""
+    import copy
+
+    eager = r50()
+    comp = ddetr.compile_model(copy.deepcopy(eager), parts)
+    x = torch.randn(1, 3, H, W, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, H, W, dtype=torch.bool)
+    precs = ["fp32"] + ([] if precision.bf16_speed_note("cpu") else ["bf16"])
+    runs, outputs, first = {}, {}, {}
+    for prec in precs:
+        for kind, model in (("eager", eager), (f"compiled {parts}", comp)):
+            def run(model=model, prec=prec):
+                with precision.use(prec):
+                    return model(x, mask)
+            runs[f"ours {prec} {kind}"] = run
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    with torch.inference_mode():
+        for name, fn in runs.items():  # the compiled ones compile here (first call)
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            first[name] = time.perf_counter() - t0
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    print(f"torch.compile (ddetr.compile_model, parts={parts!r}, Inductor freezing), R50 multi-scale {H}x{W}, "
+          f"batch 1, {torch.get_num_threads()} threads, {repeats} interleaved rounds (median)")
+    for prec in precs:
+        e, c = f"ours {prec} eager", f"ours {prec} compiled {parts}"
+        te, tc = statistics.median(times[e]), statistics.median(times[c])
+        diff = (outputs[c].logits.float() - outputs[e].logits.float()).abs().max().item()
+        print(f"  {prec}: eager {te:5.2f} s (first call {first[e]:5.1f} s); compiled {tc:5.2f} s (first call, "
+              f"compiling: {first[c]:6.1f} s); eager/compiled {te / tc:4.2f}x; max|logit - eager| {diff:.1e}")
+
+
 def accuracy(variants: list[str]) -> None:
     from randomize import randomize
 
@@ -125,8 +166,11 @@ def accuracy(variants: list[str]) -> None:
         dec = "not compared" if r.decoder_level_px is None else f"{r.decoder_level_px:.4f}"
         boxes = "not compared" if r.boxes_px is None else f"{r.boxes_px:.3f} px"
         print(f"  {variant:<24} sampling locations (goal <= 0.05 level px): encoder {r.encoder_level_px:.4f}, "
-              f"decoder {dec}; top-100 boxes (goal <= 1 px) {boxes}; same two-stage queries "
-              f"{r.same_proposals:.0%}", flush=True)
+              f"decoder {dec}; same two-stage queries {r.same_proposals:.0%}\n"
+              f"  {'':<24} boxes (goal <= 1 px): same queries {boxes}; top-100 detections matched one-to-one: "
+              f"max {r.matched_px:.3f} px, median {r.matched_median_px:.3f} px, same label {r.matched_same_label:.0%}; "
+              f"same top-100 {r.same_detections:.0%}; distinct fp32 boxes {r.distinct_boxes}",
+              flush=True)
 
 
 def profile(prec: str) -> None:
@@ -150,12 +194,16 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     ap.add_argument("--accuracy", action="store_true", help="bf16 vs fp32 boxes and sampling locations")
     ap.add_argument("--variants", nargs="+", default=["multi_scale", "multi_scale_box_refine", "multi_scale_two_stage"])
+    ap.add_argument("--compile", nargs="?", const="backbone", choices=("backbone", "model"),
+                    help="eager against ddetr.compile_model(parts=...) (default: the backbone)")
     ap.add_argument("--profile", choices=precision.PRECISIONS, help="print a torch.profiler table instead")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.profile:
         profile(args.profile)
+    elif args.compile:
+        compiled(args.repeats, args.compile)
     elif args.accuracy:
         accuracy(args.variants)
     else:

@@ -25,7 +25,7 @@ import types
 _LAZY = {
     "DDETRConfig": "config", "PRESET_NAMES": "config", "preset": "config",
     "DeformableDETR": "model", "LayerOutput": "model", "ModelOutput": "model", "build_model": "model",
-    "Detections": "postprocess", "Capture": "capture_io",
+    "Detections": "postprocess", "Capture": "capture_io", "compile_model": "compiling",
 }
 
 __all__ = [*_LAZY, "load", "capture", "accelerate"]

@@ -173,3 +173,34 @@ def test_bf16_close_to_fp32_r50(variant):
     assert r.encoder_level_px < 0.05, (variant, r)
     if variant == "multi_scale":
         assert r.decoder_level_px < 0.05 and r.boxes_px < 1.0, r
+
+
+def test_match_detections_is_one_to_one_and_keeps_labels():
+    """A shuffled, slightly moved copy is matched back to its originals; a box that only exists
+    with another label is matched across labels and reported as such."""
+    g = np.random.default_rng(1)
+    a = g.uniform(0, 500, (30, 4))
+    labels = g.integers(0, 3, 30)
+    perm = g.permutation(30)
+    b, lb = a[perm] + g.uniform(-0.5, 0.5, (30, 4)), labels[perm].copy()
+    err, same = precision.match_detections(a, labels, b, lb)
+    assert err.shape == (30,) and same.all() and err.max() <= 0.5
+    b_extra = np.concatenate([b, a[:1] + 100]), np.concatenate([lb, lb[:1]])
+    err2, _ = precision.match_detections(a, labels, *b_extra)  # a spare candidate changes nothing
+    np.testing.assert_allclose(err2, err)
+    lb[np.argsort(perm)[0]] = (labels[0] + 1) % 3  # the twin of a[0] now has another label
+    err3, same3 = precision.match_detections(a, labels, b, lb)
+    assert not same3[0] and same3[1:].all()
+
+
+def test_agreement_matches_detections_small_model():
+    """bf16 detections as a set: every fp32 top-k detection has a bf16 twin; a model against
+    itself in fp32 agrees exactly."""
+    image = np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    model = randomize(build_model(preset("small", min_size=240, max_size=320, two_stage=False))).eval()
+    same = precision.agreement(model, image, low="fp32")
+    assert same.matched_px == 0 and same.same_detections == 1 and same.matched_same_label == 1
+    r = precision.agreement(model, image)
+    assert r.distinct_boxes > 1  # a model whose detections differ: the comparison means something
+    assert r.matched_median_px < 1.0 and r.matched_same_label > 0.9, r
