@@ -18,7 +18,9 @@ goal <= 1), and fp32's top-100 detections matched one-to-one (Hungarian on the L
 distance, labels kept) to bf16's top-100: the largest and median coordinate difference, and
 the fraction matched to the same label. Two-stage queries are a top-k over encoder scores;
 where the precisions pick different ones, the decoder and same-query boxes are not compared
-and the matched detections are the comparison.
+and the matched detections are the comparison. Then the same on a trained model with box
+refinement and two-stage proposals (the shipped default model, its scenes scaled to 800x1333):
+the boxes of the detections a user is shown (score >= 0.3), matched one-to-one to bf16's.
 
     python bench/r50_cpu.py                      # timing, 3 rounds
     python bench/r50_cpu.py --accuracy           # bf16 vs fp32, three variants
@@ -171,6 +173,32 @@ def accuracy(variants: list[str]) -> None:
               f"max {r.matched_px:.3f} px, median {r.matched_median_px:.3f} px, same label {r.matched_same_label:.0%}; "
               f"same top-100 {r.same_detections:.0%}; distinct fp32 boxes {r.distinct_boxes}",
               flush=True)
+    trained()
+
+
+def trained(threshold: float = 0.3) -> None:
+    """The same comparison on a trained model with box refinement and two-stage proposals (the
+    shipped default model, its held-out scenes scaled to 800x1333): the detections a user is
+    shown (score >= ``threshold``) matched one-to-one to bf16's top 200."""
+    from PIL import Image
+
+    from ddetr.precision import match_detections
+
+    path = ROOT / "examples" / "default_model.safetensors"
+    if not path.exists():
+        print("trained model: examples/default_model.safetensors is missing; skipped")
+        return
+    model = ddetr.load(path)[0].eval()
+    print(f"trained model ({path.name}: {model.cfg.variant}, box refinement {model.cfg.with_box_refine}, "
+          f"two-stage {model.cfg.two_stage}), scenes scaled to {W}x{H}, detections >= {threshold}:")
+    for scene in sorted((ROOT / "examples" / "synthetic").glob("*.png")):
+        image = Image.open(scene).convert("RGB").resize((W, H))
+        with torch.inference_mode():
+            a = model.predict(image, precision="fp32", score_threshold=threshold)[0]
+            b = model.predict(image, precision="bf16", top_k=2 * model.cfg.top_k)[0]
+        err, same = match_detections(a.boxes.numpy(), a.labels.numpy(), b.boxes.numpy(), b.labels.numpy())
+        print(f"  {scene.name}: {len(a.boxes)} detections, boxes within {err.max():.3f} px (goal <= 1), "
+              f"same label {same.mean():.0%}", flush=True)
 
 
 def profile(prec: str) -> None:
