@@ -25,6 +25,7 @@ the boxes of the detections a user is shown (score >= 0.3), matched one-to-one t
     python bench/r50_cpu.py                      # timing, 3 rounds
     python bench/r50_cpu.py --accuracy           # bf16 vs fp32, three variants
     python bench/r50_cpu.py --profile fp32       # torch.profiler table of one forward
+    python bench/r50_cpu.py --device cuda        # the same comparison on a GPU
     python bench/r50_cpu.py --compile            # eager vs torch.compile'd backbone, compile time
 """
 from __future__ import annotations
@@ -73,13 +74,15 @@ def transformers_twin(model):
     return theirs, transformers.__version__
 
 
-def timing(repeats: int) -> None:
-    ours = r50()
+def timing(repeats: int, device: str = "cpu") -> None:
+    ours = r50().to(device)
     theirs, version = transformers_twin(ours)
+    theirs.to(device)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3, H, W, generator=g)
-    mask = torch.zeros(1, H, W, dtype=torch.bool)
-    note = precision.bf16_speed_note("cpu")
+    x = torch.randn(1, 3, H, W, generator=g).to(device)
+    mask = torch.zeros(1, H, W, dtype=torch.bool, device=device)
+    note = precision.bf16_speed_note(device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     if note:
         print(f"bfloat16: skipped, {note}")
 
@@ -100,13 +103,17 @@ def timing(repeats: int) -> None:
             outputs[name] = fn()
         for _ in range(repeats):
             for name, fn in runs.items():
+                sync()
                 t0 = time.perf_counter()
                 fn()
+                sync()  # a GPU's work is timed to its end, not to its launch
                 times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     theirs_name = next(k for k in runs if k.startswith("transformers"))
     ref = outputs["ours fp32"].logits
-    print(f"R50 multi-scale, {H}x{W}, batch 1, {torch.get_num_threads()} threads, "
+    where = (torch.cuda.get_device_name(device) if torch.device(device).type == "cuda"
+             else f"{torch.get_num_threads()} CPU threads")
+    print(f"R50 multi-scale, {H}x{W}, batch 1, {where}, "
           f"op: {__import__('ops').implementation()}, {repeats} interleaved rounds (median)")
     for name, t in med.items():
         out = outputs[name]
@@ -142,8 +149,10 @@ def compiled(repeats: int, parts: str) -> None:
             first[name] = time.perf_counter() - t0
         for _ in range(repeats):
             for name, fn in runs.items():
+                sync()
                 t0 = time.perf_counter()
                 fn()
+                sync()  # a GPU's work is timed to its end, not to its launch
                 times[name].append(time.perf_counter() - t0)
     print(f"torch.compile (ddetr.compile_model, parts={parts!r}, Inductor freezing), R50 multi-scale {H}x{W}, "
           f"batch 1, {torch.get_num_threads()} threads, {repeats} interleaved rounds (median)")
@@ -220,6 +229,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    ap.add_argument("--device", default="cpu", help="timing on this device (e.g. cuda: the GPU comparison)")
     ap.add_argument("--accuracy", action="store_true", help="bf16 vs fp32 boxes and sampling locations")
     ap.add_argument("--variants", nargs="+", default=["multi_scale", "multi_scale_box_refine", "multi_scale_two_stage"])
     ap.add_argument("--compile", nargs="?", const="backbone", choices=("backbone", "model"),
@@ -235,7 +245,7 @@ def main(argv=None) -> None:
     elif args.accuracy:
         accuracy(args.variants)
     else:
-        timing(args.repeats)
+        timing(args.repeats, args.device)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every op test (the CUDA cases included) and the op benchmark, on a machine with a GPU:
 #
-#   bench/run_cuda_checks.sh           # all tests, then bench/ms_deform_attn.py --device cuda
+#   bench/run_cuda_checks.sh           # all tests, the op benchmark, R50 ours vs transformers, app.py
 #   bench/run_cuda_checks.sh --quick   # skip the slow build tests; benchmark B = 1 only
 #
 # Exits non-zero if a kernel does not build or a test fails. Uses $PYTHON if set, else the
@@ -39,3 +39,10 @@ if (( quick )); then
 else
   "$py" bench/ms_deform_attn.py --device cuda
 fi
+
+echo "== R50 800x1333 on the GPU: ours fp32 / ours bf16 / transformers fp32, same weights"
+"$py" bench/r50_cpu.py --device cuda --repeats 5
+
+echo "== app.py --device cuda (fp32, then bf16): the page is served and runs the model on the GPU"
+"$py" bench/serve_check.py --device cuda
+"$py" bench/serve_check.py --device cuda --precision bf16
