@@ -5,99 +5,55 @@ per viewport size, reused by the tests in order. Every wait is a Playwright wait
 never a sleep. Screenshots go to test-artifacts/ (gitignored). Never downloads a browser.
 """
 import io
-import os
-import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 import app  # noqa: E402
+from browser_page import (WAIT, chromium, needs_chromium, no_errors, open_page, open_tab, pick_example,  # noqa: E402
+                          served, shot, wait_text)
 from ddetr.data.synthetic import render_scene  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SIZES = [(1440, 900), (1024, 768)]
-WAIT = 60_000  # ms: a busy 2-core machine runs other tests too
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed"),
+pytestmark = [pytest.mark.slow, pytest.mark.browser, needs_chromium,
               pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def server(tmp_path_factory):
+    """(url, demo): a seeded random `small` model and two synthetic examples."""
     torch.set_num_threads(2)
     d = tmp_path_factory.mktemp("browser_examples")
     for i in range(2):
         render_scene(700 + i)[0].save(d / f"scene_{i}.png")
     examples = {"synthetic": {p.name: p for p in sorted(d.glob("*.png"))}, "photos": {}}
     demo = app.build_demo(app.random_model(0), examples=examples, threshold=0.0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(**app.launch_kwargs(server_port=port, prevent_thread_lock=True, quiet=True))
-    yield f"http://127.0.0.1:{port}/", demo
-    demo.close()
+    with served(demo) as url:
+        yield url, demo
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module", params=SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def page(request, browser, served):
-    """A page of one viewport size, shared by this module's tests; console errors collected."""
-    w, h = request.param
-    pg = browser.new_page(viewport={"width": w, "height": h})
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.on("console", lambda m: m.type == "error" and pg.errors.append(m.text))
-    pg.on("requestfinished", lambda r: (r.response() and r.response().status >= 400
-                                         and pg.errors.append(f"{r.response().status} {r.url} {r.post_data}")))
-    pg.size = (w, h)
-    pg.goto(served[0])
-    pg.wait_for_selector("#tabs button[role=tab]", timeout=WAIT)
-    ARTIFACTS.mkdir(exist_ok=True)
+def page(request, browser, server):
+    """A page of one viewport size, shared by this module's tests; its errors collected."""
+    pg = open_page(browser, server[0], request.param)
     yield pg
     pg.close()
 
 
-def shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"browser_{page.size[0]}x{page.size[1]}_{name}.png"))
-
-
 def tab_labels(page) -> list[str]:
     return page.eval_on_selector_all("#tabs button[role=tab]", "els => els.map(e => e.innerText.trim())")
-
-
-def open_tab(page, tab_id: str) -> None:
-    page.locator(f"#tabs button[role=tab][data-tab-id={tab_id}]").click()
-    page.wait_for_selector(f"#tabs button[role=tab][data-tab-id={tab_id}][aria-selected=true]", timeout=WAIT)
-
-
-def wait_text(page, selector: str, text: str) -> None:
-    page.wait_for_function("([s, t]) => (document.querySelector(s)?.innerText || '').includes(t)",
-                           arg=[selector, text], timeout=WAIT)
-
-
-def pick_example(page, name: str) -> None:
-    """Choose an example in the Example dropdown and wait for its detections."""
-    page.locator("#example input").click()
-    page.locator("ul[role=listbox] li", has_text=name).first.click()
-    wait_text(page, "#status", name)
-    page.wait_for_selector("#att-image img", timeout=WAIT)
 
 
 def picture(page, selector) -> np.ndarray:
@@ -115,10 +71,6 @@ def click_picture(page, selector, u, v) -> None:
     ox, oy = (box["width"] - nat_w * k) / 2, (box["height"] - nat_h * k) / 2
     page.mouse.click(box["x"] + ox + (u + 0.5) * k, box["y"] + oy + (v + 0.5) * k)
 
-
-def no_errors(page) -> None:
-    assert not page.errors, page.errors
-    assert page.locator(".error").count() == 0  # Gradio's red "Error" badges
 
 
 def test_tab_bar_stays_whole(page):
@@ -192,7 +144,7 @@ def test_unticking_every_head_leaves_the_pictures(page):
     no_errors(page)
 
 
-def test_grid_cell_click_selects_its_layer_and_head(page, served):
+def test_grid_cell_click_selects_its_layer_and_head(page, server):
     open_tab(page, "grid")
     # The grid of this selection has arrived (with the link to it) and its pixels are loaded.
     page.wait_for_function("() => location.search.includes('tab=grid')", timeout=WAIT)
@@ -200,7 +152,7 @@ def test_grid_cell_click_selects_its_layer_and_head(page, served):
                            " return i && i.complete && i.naturalWidth > 0; }", timeout=WAIT)
     img = page.locator("#image-grid img")
     nat_w, nat_h = img.evaluate("e => [e.naturalWidth, e.naturalHeight]")
-    cfg = served[1].explorer.registry.get(served[1].explorer.registry.startup_name).model.cfg
+    cfg = server[1].explorer.registry.get(server[1].explorer.registry.startup_name).model.cfg
     row, col = 1, 5
     click_picture(page, "#image-grid", (col + 0.5) * nat_w / cfg.n_heads, (row + 0.5) * nat_h / cfg.dec_layers)
     wait_text(page, "#status", f"decoder layer {row},")
@@ -255,8 +207,8 @@ def test_hovering_a_point_outlines_the_cells_it_reads(page):
     no_errors(page)
 
 
-def test_a_link_restores_the_view(page, served):
-    url = served[0] + "?example=scene_1.png&det=2&layer=1&heads=2,5&levels=0,1&tab=learn"
+def test_a_link_restores_the_view(page, server):
+    url = server[0] + "?example=scene_1.png&det=2&layer=1&heads=2,5&levels=0,1&tab=learn"
     page.goto("about:blank")  # leaving the page aborts its event stream: not an error of the page
     page.errors.clear()
     page.goto(url)

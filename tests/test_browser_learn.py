@@ -1,58 +1,45 @@
 """The Learn tab in a real browser (chromium via Playwright, 1440x900), with the shipped model:
 it opens on the teaching example, Next / Prev walk every step, a click on a point follows it,
 'what if' changes the shown output, and 'how it learned' shows the snapshots in order."""
-import os
 import re
-import socket
 
 import numpy as np
 import pytest
 import torch
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 import app  # noqa: E402
 import ddetr  # noqa: E402
 from ddetr.assets import default_checkpoint  # noqa: E402
 from ddetr.data.synthetic import render_scene  # noqa: E402
 from explorer import learn  # noqa: E402
-from test_browser import ARGS, CHROMIUM, WAIT, no_errors, open_tab, shot, wait_text  # noqa: E402
+from browser_page import (WAIT, chromium, needs_chromium, no_errors, open_page, open_tab, served,  # noqa: E402
+                          shot, wait_text)
 from viz.learn_steps import STEPS, step_labels  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed"),
+              needs_chromium,
               pytest.mark.skipif(default_checkpoint(required=False) is None, reason="the shipped model is missing"),
               pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def server(tmp_path_factory):
     torch.set_num_threads(2)
     d = tmp_path_factory.mktemp("learn_examples")
     render_scene(700)[0].save(d / "scene_0.png")
     model, report = ddetr.load(str(default_checkpoint()))
     demo = app.build_demo(model, report, examples={"synthetic": {"scene_0.png": d / "scene_0.png"}, "photos": {}})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(**app.launch_kwargs(server_port=port, prevent_thread_lock=True, quiet=True))
-    yield f"http://127.0.0.1:{port}/", model
-    demo.close()
+    with served(demo) as url:
+        yield url, model
 
 
 @pytest.fixture(scope="module")
-def page(served):
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = b.new_page(viewport={"width": 1440, "height": 900})
-        pg.errors = []
-        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-        pg.size = (1440, 900)
-        pg.goto(served[0])
-        pg.wait_for_selector("#tabs button[role=tab]", timeout=WAIT)
-        yield pg
-        b.close()
+def page(server):
+    with chromium() as b:
+        yield open_page(b, server[0])
 
 
 def step_value(page) -> str:
@@ -91,8 +78,8 @@ def test_next_and_prev_walk_every_step(page):
     no_errors(page)
 
 
-def test_clicking_a_point_follows_it(page, served):
-    model = served[1]
+def test_clicking_a_point_follows_it(page, server):
+    model = server[1]
     cap = learn.teaching_capture(model)
     f = learn.learn_focus(cap, learn.teaching_state(cap))
     # a point of another head than the followed one, away from the others

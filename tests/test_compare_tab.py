@@ -2,8 +2,6 @@
 the page's image, then A and B are drawn side by side for the selected detection."""
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,8 @@ from ddetr.checkpoint import save
 from explorer.models import LoadedModel, ModelRegistry
 from explorer.session import Explorer
 from explorer.state import SessionStore, UserError
+from browser_page import (WAIT, chromium, needs_chromium, no_errors, open_page, open_tab, pick_example, served,
+                          shot, wait_text)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "examples" / "default_model.safetensors"
@@ -51,50 +51,25 @@ def test_compare_runs_b_once_and_draws_a_and_b(checkpoints):
     assert "decoder layer 1" in x.draw_tab(s, "compare").note and x.registry.get("starved").runs == 1
 
 
-sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WAIT = 90_000
-
-
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
+@needs_chromium
 def test_ab_view_in_the_browser(checkpoints):
+    pytest.importorskip("playwright.sync_api")
     import app
 
     startup, paths = checkpoints
     demo = app.build_demo(startup, examples={"synthetic": {SCENE.name: SCENE}, "photos": {}}, checkpoints=paths,
                           threshold=0.3)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo.launch(**app.launch_kwargs(server_port=port, prevent_thread_lock=True, quiet=True))
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_selector("#tabs button[role=tab][data-tab-id=compare]", timeout=WAIT)
-            page.locator("#example input").click()
-            page.locator("ul[role=listbox] li", has_text=SCENE.name).first.click()
-            page.wait_for_selector("#att-image img", timeout=WAIT)
-            page.locator("#tabs button[role=tab][data-tab-id=compare]").click()
-            page.wait_for_function("() => (document.querySelector('#note-compare')?.innerText || '').includes('Compare')",
-                                   timeout=WAIT)
-            assert page.locator("#choice-compare input").input_value() == "starved"
-            page.locator("#action-compare").click()
-            page.wait_for_function("() => (document.querySelector('#note-compare')?.innerText || '')"
-                                   ".includes('B starved')", timeout=WAIT)
-            page.wait_for_selector("#plot-compare .js-plotly-plot", timeout=WAIT)
-            artifacts = ROOT / "test-artifacts"
-            artifacts.mkdir(exist_ok=True)
-            page.screenshot(path=str(artifacts / "browser_compare.png"), full_page=True)
-            assert "level 0 -" in page.locator("#note-compare").inner_text()
-            assert not errors, errors
-            browser.close()
-    finally:
-        demo.close()
+    with served(demo) as url, chromium() as browser:
+        page = open_page(browser, url, ready="#tabs button[role=tab][data-tab-id=compare]")
+        pick_example(page, SCENE.name)
+        open_tab(page, "compare")
+        wait_text(page, "#note-compare", "Compare")
+        assert page.locator("#choice-compare input").input_value() == "starved"
+        page.locator("#action-compare").click()
+        wait_text(page, "#note-compare", "B starved")
+        page.wait_for_selector("#plot-compare .js-plotly-plot", timeout=WAIT)
+        shot(page, "compare")
+        assert "level 0 -" in page.locator("#note-compare").inner_text()
+        no_errors(page)

@@ -3,9 +3,6 @@ prompt box, and RT-DETR, whose views that need a deformable encoder say so. Plai
 first, then the page in chromium (tests/test_browser.py's setup)."""
 from __future__ import annotations
 
-import os
-import socket
-
 import numpy as np
 import pytest
 import torch
@@ -17,6 +14,7 @@ from ddetr.hf_family.configs import image_processor, tiny_config, tiny_tokenizer
 transformers = pytest.importorskip("transformers")
 gr = pytest.importorskip("gradio")
 
+from browser_page import WAIT, chromium, needs_chromium, no_errors, open_page, served  # noqa: E402
 from explorer.page import build_demo  # noqa: E402
 from explorer.state import UserError  # noqa: E402
 from explorer.views import TABS  # noqa: E402
@@ -80,43 +78,23 @@ def test_model_without_deformable_encoder_says_so(folders):
     assert s.capture.meta["enc_layers"] == 0 and s.capture.decoder_layers
 
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WAIT = 60_000  # ms: a busy 2-core machine runs other tests too
-
-
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
+@needs_chromium
 def test_grounding_dino_in_the_browser(folders):
     """The page opens a Grounding DINO folder: the prompt box is there, a prompt and an example
     give detections of the prompt's classes and the attention picture."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    from explorer.cli import launch_kwargs
+    pytest.importorskip("playwright.sync_api")
 
     demo = demo_for(folders["grounding-dino"], folders["image"])
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo.launch(**launch_kwargs(server_port=port, prevent_thread_lock=True, quiet=True))
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_selector("#prompt textarea", timeout=WAIT)
-            page.locator("#prompt textarea").fill(PROMPT)
-            page.locator("#prompt textarea").press("Enter")
-            page.locator("#example input").click()
-            page.locator("ul[role=listbox] li", has_text=folders["image"].name).first.click()
-            page.wait_for_selector("#att-image img", timeout=WAIT)
-            # the status names the selected detection by its prompt class
-            page.wait_for_function("() => /detection #0: (cat|remote control) /.test("
-                                   "document.querySelector('#status')?.innerText || '')", timeout=WAIT)
-            browser.close()
-    finally:
-        demo.close()
-    assert not errors, errors
+    with served(demo) as url, chromium() as browser:
+        page = open_page(browser, url, ready="#prompt textarea")
+        page.locator("#prompt textarea").fill(PROMPT)
+        page.locator("#prompt textarea").press("Enter")
+        page.locator("#example input").click()
+        page.locator("ul[role=listbox] li", has_text=folders["image"].name).first.click()
+        page.wait_for_selector("#att-image img", timeout=WAIT)
+        # the status names the selected detection by its prompt class
+        page.wait_for_function("() => /detection #0: (cat|remote control) /.test("
+                               "document.querySelector('#status')?.innerText || '')", timeout=WAIT)
+        no_errors(page)
