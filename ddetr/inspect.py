@@ -1,6 +1,7 @@
 """Dataset-level inspection of a checkpoint: attention statistics, COCO scores, worst images.
 
     python -m ddetr.inspect --checkpoint CKPT --coco-dir DIR [--split val] [--max-images N] --out OUT
+    python -m ddetr.inspect ... --precision bf16          # bfloat16 dense layers (ddetr.precision)
     torchrun --nproc_per_node 2 -m ddetr.inspect ...      # images sharded, one result
 
 Every image runs alone through ``model.predict`` under a full capture (so the result does not
@@ -25,6 +26,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
+
+from .precision import PRECISIONS, bf16_speed_note
 
 SIZE_BUCKETS = (("small", 32 ** 2), ("medium", 96 ** 2), ("large", float("inf")))  # COCO's area ranges
 SCORE_THRESHOLD = 0.3  # default: a detection a user would keep (the small model scores true objects >= 0.3)
@@ -96,14 +99,15 @@ class Shard:
         self.results: list[dict] = []
         self.images: list[dict] = []
 
-    def add(self, model, dataset, image_id: int, label_to_category, threshold: float = SCORE_THRESHOLD) -> None:
+    def add(self, model, dataset, image_id: int, label_to_category, threshold: float = SCORE_THRESHOLD,
+            precision: str = "fp32") -> None:
         from .capture import capture
         from .coco_eval import detections_to_coco
 
         image = dataset.load_image(image_id)
         target = dataset.target(image_id, *image.size)
         with capture(model, max_bytes=None, dtype=torch.float32) as s:
-            det = model.predict(image)[0]
+            det = model.predict(image, precision=precision)[0]
         c = s.captures[0]
         self.stats.add(c)
         self.results += [r for r in detections_to_coco([image_id], [det]) if r["category_id"] in label_to_category]
@@ -159,7 +163,7 @@ def head_specialisation(stats) -> dict:
 
 
 def build_stats(merged: dict, model, dataset, checkpoint: str, world: int, worst: int,
-                threshold: float = SCORE_THRESHOLD) -> dict:
+                threshold: float = SCORE_THRESHOLD, precision: str = "fp32") -> dict:
     from .coco_eval import evaluate_results
     from .diagnostics import diagnose
 
@@ -174,7 +178,7 @@ def build_stats(merged: dict, model, dataset, checkpoint: str, world: int, worst
     ranked = sorted(merged["images"], key=lambda i: (-i["error"], i["image_id"]))
     return {
         "checkpoint": checkpoint, "dataset": {"root": str(dataset.root), "split": dataset.split},
-        "images": len(ids), "processes": world, "variant": model.cfg.variant,
+        "images": len(ids), "processes": world, "variant": model.cfg.variant, "precision": precision,
         "coco": {"stats": {k: round(v, 6) for k, v in coco.stats.items()}, "summary": coco.summary},
         "attention": stats.summary(), "heads": head_specialisation(stats),
         "level_mass_by_object_size": by_size,
@@ -197,6 +201,8 @@ def _parse(argv):
     ap.add_argument("--score-threshold", type=float, default=SCORE_THRESHOLD,
                     help="detections at or above this score count as kept (for missed / false positives)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: the GPU of LOCAL_RANK)")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="bf16: the dense layers in bfloat16, geometry in float32 (ddetr.precision)")
     args = ap.parse_args(argv)
     if args.max_images is not None and args.max_images < 1:
         ap.error(f"--max-images must be >= 1, got {args.max_images}")
@@ -215,6 +221,9 @@ def main(argv=None) -> int:
     from .train import setup_distributed  # the same torchrun environment as training
 
     rank, world, device = setup_distributed(args.device)
+    note = bf16_speed_note(device) if args.precision == "bf16" else None
+    if note and rank == 0:
+        print(f"note: --precision bf16 on {device}: {note}", file=sys.stderr)
     try:
         try:
             model, _ = ddetr.load(args.checkpoint, device=device)
@@ -231,7 +240,7 @@ def main(argv=None) -> int:
         mine = ids[rank::world]
         for image_id in tqdm(mine, desc=f"inspect ({world} process{'es' if world > 1 else ''})", unit="img",
                              disable=rank != 0, dynamic_ncols=True):
-            shard.add(model, dataset, image_id, known, args.score_threshold)
+            shard.add(model, dataset, image_id, known, args.score_threshold, args.precision)
         states = [shard.to_state()]
         if world > 1:
             states = [None] * world
@@ -240,7 +249,7 @@ def main(argv=None) -> int:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             stats = build_stats(merge_states(states), model, dataset, args.checkpoint, world, args.worst,
-                                args.score_threshold)
+                                args.score_threshold, args.precision)
             (out / "stats.json").write_text(json.dumps(stats, indent=1))
             write_report(stats, out / "report.html")
             print(f"{stats['images']} images, AP {stats['coco']['stats']['AP']:.3f}; wrote {out / 'stats.json'} "

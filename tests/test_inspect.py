@@ -77,6 +77,22 @@ def test_torchrun_two_processes_equal_one_process(dataset, tmp_path):
     assert "Worst images" in page
 
 
+def test_bf16_inspection_matches_fp32(dataset, tmp_path):
+    """--precision bf16 reaches the model: the report says so, and its numbers stay those of fp32
+    up to bfloat16's rounding of the dense layers."""
+    common = ["--checkpoint", str(SHIPPED), "--coco-dir", str(dataset), "--max-images", "4"]
+    runs = {}
+    for prec in ("fp32", "bf16"):
+        assert main([*common, "--out", str(tmp_path / prec), "--precision", prec]) == 0
+        runs[prec] = json.loads((tmp_path / prec / "stats.json").read_text())
+    a, b = runs["fp32"], runs["bf16"]
+    assert (a["precision"], b["precision"]) == ("fp32", "bf16")
+    assert abs(a["coco"]["stats"]["AP"] - b["coco"]["stats"]["AP"]) <= 0.02
+    mass_a = np.asarray(a["attention"]["layers"]["decoder/2"]["mass"])
+    mass_b = np.asarray(b["attention"]["layers"]["decoder/2"]["mass"])
+    assert 0 < np.abs(mass_a - mass_b).max() <= 0.01  # moved (bf16 ran), but only by rounding
+
+
 def test_image_errors_name_missed_objects_and_false_positives():
     det = SimpleNamespace(boxes=torch.tensor([[0., 0, 10, 10], [50, 50, 60, 60], [0, 0, 9, 10], [20, 20, 30, 30]]),
                           scores=torch.tensor([0.9, 0.8, 0.7, 0.1]), labels=torch.tensor([1, 1, 1, 2]),
