@@ -24,6 +24,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -132,10 +133,98 @@ struct Levels {
   }
 };
 
+// The backward's tasks: (batch element b, group of heads, range of levels). A sample of head m
+// on level l only ever writes the grad_value rows of head m inside level l, so tasks own
+// disjoint slices of grad_value (no atomics, no per-thread copies), and the per-point
+// gradients (grad_loc, grad_attn) are disjoint too. A task zeroes its own grad_value slice
+// before it scatters into it (the rows land in cache where they are about to be used, instead
+// of a separate pass over the whole tensor), and writes every grad_loc / grad_attn entry of
+// its (items, levels), so none of the three outputs needs zero-filling first.
+struct BackwardTasks {
+  struct Task {
+    int64_t b, m_begin, Mg;        // batch element, heads [m_begin, m_begin + Mg)
+    int64_t l_begin, l_end;        // levels [l_begin, l_end)
+    int64_t token_begin, token_end;  // their rows of value: [token_begin, token_end)
+  };
+  int64_t groups, splits, count;
+  std::vector<int64_t> split_token;  // first token of each level range, then Lv
+
+  BackwardTasks(const MsdaDims& d, const Levels& lv, int64_t threads) {
+    // One head per task: its slice of value and grad_value is smallest (at the encoder shape
+    // 2 x 2.8 MB, so the two threads' slices stay in cache). Levels are split only when there
+    // are fewer (batch element, head) pairs than threads.
+    groups = d.M;
+    splits = std::min(d.L, (threads + d.B * groups - 1) / (d.B * groups));
+    count = d.B * groups * splits;
+    // The levels tile [0, Lv) in order (check_level_layout), so a range of levels owns a
+    // contiguous range of tokens; the last range also takes any rows past the last level.
+    split_token.assign(splits + 1, d.Lv);
+    for (int64_t s = 0; s < splits; ++s) {
+      int64_t token = 0;
+      for (int64_t l = 0; l < s * d.L / splits; ++l) token += int64_t(lv.H[l]) * lv.W[l];
+      split_token[s] = s == 0 ? 0 : token;
+    }
+  }
+  Task operator()(int64_t task, const MsdaDims& d) const {
+    const int64_t s = task % splits;
+    const int64_t g = (task / splits) % groups;
+    const int64_t b = task / (splits * groups);
+    const int64_t m_begin = g * d.M / groups;
+    return {b, m_begin, (g + 1) * d.M / groups - m_begin, s * d.L / splits,
+            (s + 1) * d.L / splits, split_token[s], split_token[s + 1]};
+  }
+};
+
+// A task's slice of value and of grad_value, in dense per-thread buffers of layout
+// (Lv, Mg, D): copied in before the task, its gradient zeroed there, scattered into and copied
+// out after. In value's own layout the rows of one head lie 1 KB apart (M * D floats), so a
+// task touches a page per 4 tokens (TLB misses for scattered points), and all its rows share
+// only 4 of the 64 cache-line offsets in a page: every load of a row then looks as if it could
+// alias a recent store into another row with the same low address bits ("4K aliasing"), and
+// waits for it. Dense, neighbouring tokens are neighbouring rows. Only the rows
+// [token_begin, token_end) of the buffers are used.
+template <typename T>
+struct DenseSlice {
+  std::vector<T> value, grad;
+  int64_t stride = 0;  // Mg * D: floats from one token's row to the next
+
+  void load(const T* value_all, const BackwardTasks::Task& t, const MsdaDims& d) {
+    stride = t.Mg * d.D;
+    const size_t n = static_cast<size_t>(d.Lv * stride);
+    if (value.size() < n) value.resize(n), grad.resize(n);
+    const int64_t MD = d.M * d.D;
+    const T* src = value_all + (t.b * d.Lv + t.token_begin) * MD + t.m_begin * d.D;
+    T* v = value.data() + t.token_begin * stride;
+    for (int64_t token = t.token_begin; token < t.token_end; ++token, src += MD, v += stride)
+      std::copy(src, src + stride, v);
+    std::fill(grad.data() + t.token_begin * stride, grad.data() + t.token_end * stride, T(0));
+  }
+  void store(T* grad_value, const BackwardTasks::Task& t, const MsdaDims& d) const {
+    const int64_t MD = d.M * d.D;
+    T* dst = grad_value + (t.b * d.Lv + t.token_begin) * MD + t.m_begin * d.D;
+    const T* g = grad.data() + t.token_begin * stride;
+    for (int64_t token = t.token_begin; token < t.token_end; ++token, dst += MD, g += stride)
+      std::copy(g, g + stride, dst);
+  }
+};
+
+// Runs fn(task, state) for task in [0, n) on the pool's threads, handing out tasks in order as
+// threads become free (the tasks running at the same time are neighbours, and a slow thread
+// takes fewer). Each thread has one State, reused by its tasks.
+template <typename State, typename F>
+void for_each_task(int64_t n, const F& fn) {
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    State state;
+    for (int64_t t = next.fetch_add(1); t < n; t = next.fetch_add(1)) fn(t, state);
+  });
+}
+
 }  // namespace
 }  // namespace ddetr_ops
 
-// The AVX-512 kernels use Levels and MsdaDims.
+// The AVX-512 kernels use Levels, MsdaDims, BackwardTasks, DenseSlice and for_each_task.
 #include "ms_deform_attn_cpu_avx512.h"
 
 namespace ddetr_ops {
@@ -313,50 +402,47 @@ void backward_kernel(const T* grad_out, const T* value, const Levels& lv, const 
                        : nb == 2 ? backward_points<T, 2>
                        : nb == 4 ? backward_points<T, 4>
                                  : backward_points<T, 0>;
-  const int64_t threads = at::get_num_threads();
-  const int64_t groups = std::min(d.M, (threads + d.B - 1) / d.B);
-  const int64_t splits = std::min(d.L, (threads + d.B * groups - 1) / (d.B * groups));
+  const BackwardTasks tasks(d, lv, at::get_num_threads());
 #ifdef MSDA_HAVE_AVX512
   if constexpr (std::is_same_v<T, float>) {
     if (avx512::supports(d.D, d.Lv, d.M) && cpu_path() == CpuPath::kAvx512) {
       const auto run = d.D == 16 ? avx512::backward<1> : d.D == 32 ? avx512::backward<2> : avx512::backward<4>;
-      run(grad_out, value, lv, loc, attn, grad_value, grad_loc, grad_attn, d, groups, splits);
+      run(grad_out, value, lv, loc, attn, grad_value, grad_loc, grad_attn, d, tasks);
       return;
     }
   }
 #endif
-  at::parallel_for(0, d.B * groups * splits, 1, [&](int64_t begin, int64_t end) {
+  for_each_task<DenseSlice<T>>(tasks.count, [&](int64_t task, DenseSlice<T>& slice) {
+    const auto t = tasks(task, d);
+    slice.load(value, t, d);
     const std::vector<T> zero_row(D, T(0));
     std::vector<T> scratch(D);
     BackwardList<T> cur(LP), next(LP);
     std::vector<int64_t> cur_index(LP), next_index(LP);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task % splits;
-      const int64_t g = (task / splits) % groups;
-      const int64_t b = task / (splits * groups);
-      const int64_t l_begin = s * d.L / splits, l_end = (s + 1) * d.L / splits;
-      const int64_t m_begin = g * d.M / groups, Mg = (g + 1) * d.M / groups - m_begin;
-      const T* vb = value + b * d.Lv * MD;
-      T* gvb = grad_value + b * d.Lv * MD;
-      // Work items k = q * Mg + (m - m_begin), i.e. (query, head) in memory order.
-      auto item_of = [&](int64_t k) { return (b * d.Lq + k / Mg) * d.M + m_begin + k % Mg; };
-      auto build = [&](BackwardList<T>& list, std::vector<int64_t>& index, int64_t k) {
-        const int64_t item = item_of(k), m = item % d.M;
-        return list.build(loc + item * LP * 2, lv, l_begin, l_end, d.P, vb + m * D, gvb + m * D,
-                          MD, zero_row.data(), scratch.data(), index);
-      };
-      const int64_t n_items = d.Lq * Mg;
-      int64_t n_next = n_items > 0 ? build(next, next_index, 0) : 0;
-      for (int64_t k = 0; k < n_items; ++k) {
-        std::swap(cur, next);
-        std::swap(cur_index, next_index);
-        const int64_t n = n_next;
-        if (k + 1 < n_items) n_next = build(next, next_index, k + 1);  // prefetches its rows
-        const int64_t item = item_of(k);
-        process(cur, cur_index.data(), n, grad_out + item * D, attn + item * LP,
-                grad_attn + item * LP, grad_loc + item * LP * 2, lv, D);
-      }
+    const int64_t b = t.b, m_begin = t.m_begin, Mg = t.Mg, stride = slice.stride;
+    // Work items k = q * Mg + (m - m_begin), i.e. (query, head) in memory order.
+    auto item_of = [&](int64_t k) { return (b * d.Lq + k / Mg) * d.M + m_begin + k % Mg; };
+    auto build = [&](BackwardList<T>& list, std::vector<int64_t>& index, int64_t k) {
+      const int64_t h = (item_of(k) % d.M - m_begin) * D;
+      return list.build(loc + item_of(k) * LP * 2, lv, t.l_begin, t.l_end, d.P,
+                        slice.value.data() + h, slice.grad.data() + h, stride, zero_row.data(),
+                        scratch.data(), index);
+    };
+    const int64_t n_items = d.Lq * Mg;
+    int64_t n_next = n_items > 0 ? build(next, next_index, 0) : 0;
+    for (int64_t k = 0; k < n_items; ++k) {
+      std::swap(cur, next);
+      std::swap(cur_index, next_index);
+      const int64_t n = n_next;
+      if (k + 1 < n_items) n_next = build(next, next_index, k + 1);  // prefetches its rows
+      const int64_t item = item_of(k);
+      // Points that miss the map are not in the list: their gradients are 0.
+      std::fill(grad_attn + item * LP + t.l_begin * d.P, grad_attn + item * LP + t.l_end * d.P, T(0));
+      std::fill(grad_loc + (item * LP + t.l_begin * d.P) * 2, grad_loc + (item * LP + t.l_end * d.P) * 2, T(0));
+      process(cur, cur_index.data(), n, grad_out + item * D, attn + item * LP,
+              grad_attn + item * LP, grad_loc + item * LP * 2, lv, D);
     }
+    slice.store(grad_value, t, d);
   });
 }
 
@@ -413,10 +499,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   const auto attn = attention_weights.to(ct).contiguous();
   const Levels lv(spatial_shapes.contiguous().data_ptr<int64_t>(),
                   level_start_index.contiguous().data_ptr<int64_t>(), d.L, d.Lv);
-  auto grad_value = at::zeros(v.sizes(), v.options());
-  auto grad_loc = at::zeros(loc.sizes(), loc.options());
-  auto grad_attn = at::zeros(attn.sizes(), attn.options());
-  if (attn.numel() > 0 && d.D > 0) {
+  // The kernels write every element (zeroing grad_value slice by slice as they go).
+  const bool run = d.B > 0 && d.M > 0 && d.D > 0;
+  auto grad_value = run ? at::empty(v.sizes(), v.options()) : at::zeros(v.sizes(), v.options());
+  auto grad_loc = at::empty(loc.sizes(), loc.options());
+  auto grad_attn = at::empty(attn.sizes(), attn.options());
+  if (run) {
     AT_DISPATCH_FLOATING_TYPES(ct, "ms_deform_attn_backward_cpu", [&] {
       backward_kernel<scalar_t>(go.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), lv,
                                 loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(),

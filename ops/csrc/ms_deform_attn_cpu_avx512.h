@@ -299,37 +299,36 @@ MSDA_AVX512 inline void backward_item(const Footprints& fp, const PointTable& t,
 template <int NB>
 MSDA_AVX512 void backward(const float* grad_out, const float* value, const Levels& lv,
                           const float* loc, const float* attn, float* grad_value, float* grad_loc,
-                          float* grad_attn, const MsdaDims& d, int64_t groups, int64_t splits) {
-  const int64_t MD = d.M * d.D, LP = d.L * d.P;
-  at::parallel_for(0, d.B * groups * splits, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task % splits;
-      const int64_t g = (task / splits) % groups;
-      const int64_t b = task / (splits * groups);
-      const PointTable table(lv, d.P, s * d.L / splits, (s + 1) * d.L / splits);
-      const int64_t m_begin = g * d.M / groups, Mg = (g + 1) * d.M / groups - m_begin;
-      std::vector<Footprints> ring(kAhead + 1, Footprints(table.n_chunks));
-      auto item_of = [&](int64_t k) { return (b * d.Lq + k / Mg) * d.M + m_begin + k % Mg; };
-      auto head_offset = [&](int64_t item) { return b * d.Lv * MD + (item % d.M) * d.D; };
-      auto locate = [&](int64_t k) {
-        const int64_t item = item_of(k);
-        footprints(loc + item * LP * 2, attn + item * LP, table, static_cast<int32_t>(MD),
-                   value + head_offset(item), nullptr, ring[k % (kAhead + 1)]);
-      };
-      const int64_t n_items = d.Lq * Mg;
-      for (int64_t k = 0; k < std::min(kAhead, n_items); ++k) locate(k);
-      for (int64_t k = 0; k < n_items; ++k) {
-        const int64_t ahead = k + kAhead;
-        if (ahead < n_items) locate(ahead);
-        const int64_t item = item_of(k);
-        const int64_t next_item = item_of(std::min(ahead, n_items - 1));
-        backward_item<NB>(ring[k % (kAhead + 1)], table, grad_out + item * d.D,
-                          value + head_offset(item), grad_value + head_offset(item),
-                          grad_attn + item * LP, grad_loc + item * LP * 2,
-                          ring[std::min(ahead, n_items - 1) % (kAhead + 1)],
-                          value + head_offset(next_item), grad_value + head_offset(next_item));
-      }
+                          float* grad_attn, const MsdaDims& d, const BackwardTasks& tasks) {
+  const int64_t LP = d.L * d.P;
+  for_each_task<DenseSlice<float>>(tasks.count, [&](int64_t task, DenseSlice<float>& slice) {
+    const auto t = tasks(task, d);
+    slice.load(value, t, d);
+    const int64_t b = t.b, m_begin = t.m_begin, Mg = t.Mg;
+    const PointTable table(lv, d.P, t.l_begin, t.l_end);
+    std::vector<Footprints> ring(kAhead + 1, Footprints(table.n_chunks));
+    auto item_of = [&](int64_t k) { return (b * d.Lq + k / Mg) * d.M + m_begin + k % Mg; };
+    auto head = [&](int64_t item) { return (item % d.M - m_begin) * d.D; };  // in the slice
+    auto locate = [&](int64_t k) {
+      const int64_t item = item_of(k);
+      footprints(loc + item * LP * 2, attn + item * LP, table, static_cast<int32_t>(slice.stride),
+                 nullptr, nullptr, ring[k % (kAhead + 1)]);
+    };
+    const float* v = slice.value.data();
+    float* g = slice.grad.data();
+    const int64_t n_items = d.Lq * Mg;
+    for (int64_t k = 0; k < std::min(kAhead, n_items); ++k) locate(k);
+    for (int64_t k = 0; k < n_items; ++k) {
+      const int64_t ahead = k + kAhead;
+      if (ahead < n_items) locate(ahead);
+      const int64_t item = item_of(k);
+      const int64_t next_item = item_of(std::min(ahead, n_items - 1));
+      backward_item<NB>(ring[k % (kAhead + 1)], table, grad_out + item * d.D, v + head(item),
+                        g + head(item), grad_attn + item * LP, grad_loc + item * LP * 2,
+                        ring[std::min(ahead, n_items - 1) % (kAhead + 1)], v + head(next_item),
+                        g + head(next_item));
     }
+    slice.store(grad_value, t, d);
   });
 }
 
