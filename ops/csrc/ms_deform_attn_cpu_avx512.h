@@ -321,6 +321,9 @@ MSDA_AVX512 void backward(const float* grad_out, const float* value, const Level
     for (int64_t k = 0; k < n_items; ++k) {
       const int64_t ahead = k + kAhead;
       if (ahead < n_items) locate(ahead);
+      if (ahead + kStreamAhead < n_items)  // locate() reads loc and attn kAhead items early
+        prefetch_item_streams(item_of(ahead + kStreamAhead), loc, attn, grad_out, grad_loc,
+                              grad_attn, LP, d.D);
       const int64_t item = item_of(k);
       const int64_t next_item = item_of(std::min(ahead, n_items - 1));
       backward_item<NB>(ring[k % (kAhead + 1)], table, grad_out + item * d.D, v + head(item),
