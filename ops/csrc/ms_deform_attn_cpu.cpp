@@ -147,31 +147,39 @@ struct BackwardTasks {
     int64_t token_begin, token_end;  // their rows of value: [token_begin, token_end)
   };
   int64_t groups, splits, count;
+  std::vector<int64_t> split_level;  // level ranges: [split_level[s], split_level[s + 1])
   std::vector<int64_t> split_token;  // first token of each level range, then Lv
 
   BackwardTasks(const MsdaDims& d, const Levels& lv, int64_t threads) {
+    groups = d.M;
     // One head per task: its slice of value and grad_value is smallest (at the encoder shape
     // 2 x 2.8 MB, so the two threads' slices stay in cache). Levels are split only when there
-    // are fewer (batch element, head) pairs than threads.
-    groups = d.M;
-    splits = std::min(d.L, (threads + d.B * groups - 1) / (d.B * groups));
+    // are fewer (batch element, head) pairs than threads: every level range walks all items
+    // again (measured: splitting the encoder shape's levels into two ranges, to fit the small
+    // levels' rows into L2, cost a quarter more time).
+    split_level = {0};
+    const int64_t n = std::min(d.L, (threads + d.B * groups - 1) / (d.B * groups));
+    for (int64_t s = 1; s < n; ++s) split_level.push_back(s * d.L / n);
+    split_level.push_back(d.L);
+    splits = static_cast<int64_t>(split_level.size()) - 1;
     count = d.B * groups * splits;
     // The levels tile [0, Lv) in order (check_level_layout), so a range of levels owns a
     // contiguous range of tokens; the last range also takes any rows past the last level.
     split_token.assign(splits + 1, d.Lv);
-    for (int64_t s = 0; s < splits; ++s) {
+    for (int64_t s = 1; s < splits; ++s) {
       int64_t token = 0;
-      for (int64_t l = 0; l < s * d.L / splits; ++l) token += int64_t(lv.H[l]) * lv.W[l];
-      split_token[s] = s == 0 ? 0 : token;
+      for (int64_t l = 0; l < split_level[s]; ++l) token += int64_t(lv.H[l]) * lv.W[l];
+      split_token[s] = token;
     }
+    split_token[0] = 0;
   }
   Task operator()(int64_t task, const MsdaDims& d) const {
     const int64_t s = task % splits;
     const int64_t g = (task / splits) % groups;
     const int64_t b = task / (splits * groups);
     const int64_t m_begin = g * d.M / groups;
-    return {b, m_begin, (g + 1) * d.M / groups - m_begin, s * d.L / splits,
-            (s + 1) * d.L / splits, split_token[s], split_token[s + 1]};
+    return {b, m_begin, (g + 1) * d.M / groups - m_begin, split_level[s], split_level[s + 1],
+            split_token[s], split_token[s + 1]};
   }
 };
 
