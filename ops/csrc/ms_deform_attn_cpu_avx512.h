@@ -305,8 +305,9 @@ MSDA_AVX512 inline void backward_item(const Footprints& fp, const PointTable& t,
   }
 }
 
-// The backward over tasks as the portable kernel splits it (batch element, group of heads,
-// range of levels: disjoint grad_value slices); within a task, items in memory order.
+// The backward over the portable kernel's tasks (BackwardTasks: batch element, head, range of
+// levels; disjoint grad_value slices, each scattered into a dense per-thread DenseSlice);
+// within a task, items in memory order.
 template <int NB>
 MSDA_AVX512 void backward(const float* grad_out, const float* value, const Levels& lv,
                           const float* loc, const float* attn, float* grad_value, float* grad_loc,
