@@ -17,6 +17,7 @@ here) and how far the kernel is from it. Usage:
 
     python bench/ms_deform_attn.py                 # CPU, plus CUDA if a GPU is visible
     python bench/ms_deform_attn.py --device cuda --quick
+    python bench/ms_deform_attn.py --device cpu --queries encoder --batch 2 --pattern uniform
 """
 from __future__ import annotations
 
@@ -109,7 +110,8 @@ def copy_bandwidth(device: str) -> float:
     return 2 * x.numel() / t
 
 
-def run(device: str, quick: bool, min_time: float) -> list[dict]:
+def run(device: str, quick: bool, min_time: float, queries=("encoder", "decoder"),
+        batches=(1, 2), patterns=("encoder", "uniform")) -> list[dict]:
     print(f"\n== {device}: kernel = {ops.implementation(device)}, "
           f"threads = {torch.get_num_threads()}"
           + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ""))
@@ -129,8 +131,10 @@ def run(device: str, quick: bool, min_time: float) -> list[dict]:
     print(header)
     rows = []
     for Lq_name, Lq in (("encoder", sum(h * w for h, w in LEVELS)), ("decoder", 300)):
-        for B in (1,) if quick else (1, 2):
-            for pattern in ("encoder", "uniform"):
+        if Lq_name not in queries:
+            continue
+        for B in [b for b in ((1,) if quick else (1, 2)) if b in batches]:
+            for pattern in [p for p in ("encoder", "uniform") if p in patterns]:
                 inputs = make_inputs(B, Lq, pattern, device)
                 ref_f = timeit(lambda: ops.ms_deform_attn_reference(*inputs), device, min_time)
                 ref_b = timeit(forward_backward(ops.ms_deform_attn_reference, inputs), device,
@@ -180,6 +184,12 @@ def main() -> None:
     parser.add_argument("--min-time", type=float, default=0.3,
                         help="seconds of repeats per measurement (at least 3 repeats)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--queries", nargs="+", choices=["encoder", "decoder"],
+                        default=["encoder", "decoder"], help="which Lq cases to run (default: both)")
+    parser.add_argument("--batch", nargs="+", type=int, choices=[1, 2], default=[1, 2],
+                        help="which batch sizes to run (default: 1 2)")
+    parser.add_argument("--pattern", nargs="+", choices=["encoder", "uniform"],
+                        default=["encoder", "uniform"], help="which sampling patterns (default: both)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,7 +199,7 @@ def main() -> None:
     print(f"torch {torch.__version__}; M={M} D={D} L={len(LEVELS)} P={P}; levels {LEVELS}")
     rows = []
     for device in devices:
-        rows += run(device, args.quick, args.min_time)
+        rows += run(device, args.quick, args.min_time, args.queries, args.batch, args.pattern)
     report_goals(rows)
 
 

@@ -96,11 +96,14 @@ MSDA_AVX512 inline void footprints(const float* loc, const float* attn, const Po
     const int n_here = __builtin_popcount(lanes);
     const __mmask16 lo = static_cast<__mmask16>(n_here >= 8 ? 0xFFFF : (1u << (2 * n_here)) - 1);
     const __mmask16 hi = static_cast<__mmask16>(n_here <= 8 ? 0 : (1u << (2 * (n_here - 8))) - 1);
-    const __m512 p0 = _mm512_maskz_loadu_ps(lo, loc + 32 * k);
-    const __m512 p1 = _mm512_maskz_loadu_ps(hi, loc + 32 * k + 16);
+    // Masked loads cost much more than plain ones on some CPUs (measured on AMD Zen 4): a
+    // full chunk uses plain loads, only the last partial one masked ones.
+    const bool full = n_here == 16;
+    const __m512 p0 = full ? _mm512_loadu_ps(loc + 32 * k) : _mm512_maskz_loadu_ps(lo, loc + 32 * k);
+    const __m512 p1 = full ? _mm512_loadu_ps(loc + 32 * k + 16) : _mm512_maskz_loadu_ps(hi, loc + 32 * k + 16);
     __m512 x = _mm512_permutex2var_ps(p0, even, p1);
     __m512 y = _mm512_permutex2var_ps(p0, odd, p1);
-    const __m512 a = _mm512_maskz_loadu_ps(lanes, attn + 16 * k);  // attn: null-free, all items
+    const __m512 a = full ? _mm512_loadu_ps(attn + 16 * k) : _mm512_maskz_loadu_ps(lanes, attn + 16 * k);  // attn: null-free, all items
     const __m512 W = _mm512_loadu_ps(t.W.data() + 16 * k);
     const __m512 H = _mm512_loadu_ps(t.H.data() + 16 * k);
     x = _mm512_fmsub_ps(x, W, half);  // x = loc_x * W - 0.5, as bilinear_footprint
@@ -288,48 +291,59 @@ MSDA_AVX512 inline void backward_item(const Footprints& fp, const PointTable& t,
     const __m512 dy = _mm512_mul_ps(_mm512_fmadd_ps(_mm512_sub_ps(g2, g0), gx,
                                                     _mm512_mul_ps(_mm512_sub_ps(g3, g1), fx)), aH);
     const __mmask16 act = t.active[k];  // this task's levels only: others belong to other tasks
-    _mm512_mask_storeu_ps(grad_attn + 16 * k, act, ga);
-    _mm512_mask_storeu_ps(grad_loc + 32 * k, pairs(act & 0xFF), _mm512_permutex2var_ps(dx, lo_idx, dy));
-    _mm512_mask_storeu_ps(grad_loc + 32 * k + 16, pairs(act >> 8), _mm512_permutex2var_ps(dx, hi_idx, dy));
+    const __m512 xy_lo = _mm512_permutex2var_ps(dx, lo_idx, dy);
+    const __m512 xy_hi = _mm512_permutex2var_ps(dx, hi_idx, dy);
+    if (act == 0xFFFF) {  // plain stores where they can: like masked loads, masked stores are slow
+      _mm512_storeu_ps(grad_attn + 16 * k, ga);
+      _mm512_storeu_ps(grad_loc + 32 * k, xy_lo);
+      _mm512_storeu_ps(grad_loc + 32 * k + 16, xy_hi);
+    } else {
+      _mm512_mask_storeu_ps(grad_attn + 16 * k, act, ga);
+      _mm512_mask_storeu_ps(grad_loc + 32 * k, pairs(act & 0xFF), xy_lo);
+      _mm512_mask_storeu_ps(grad_loc + 32 * k + 16, pairs(act >> 8), xy_hi);
+    }
   }
 }
 
-// The backward over tasks as the portable kernel splits it (batch element, group of heads,
-// range of levels: disjoint grad_value slices); within a task, items in memory order.
+// The backward over the portable kernel's tasks (BackwardTasks: batch element, head, range of
+// levels; disjoint grad_value slices, each scattered into a dense per-thread DenseSlice);
+// within a task, items in memory order.
 template <int NB>
 MSDA_AVX512 void backward(const float* grad_out, const float* value, const Levels& lv,
                           const float* loc, const float* attn, float* grad_value, float* grad_loc,
-                          float* grad_attn, const MsdaDims& d, int64_t groups, int64_t splits) {
-  const int64_t MD = d.M * d.D, LP = d.L * d.P;
-  at::parallel_for(0, d.B * groups * splits, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task % splits;
-      const int64_t g = (task / splits) % groups;
-      const int64_t b = task / (splits * groups);
-      const PointTable table(lv, d.P, s * d.L / splits, (s + 1) * d.L / splits);
-      const int64_t m_begin = g * d.M / groups, Mg = (g + 1) * d.M / groups - m_begin;
-      std::vector<Footprints> ring(kAhead + 1, Footprints(table.n_chunks));
-      auto item_of = [&](int64_t k) { return (b * d.Lq + k / Mg) * d.M + m_begin + k % Mg; };
-      auto head_offset = [&](int64_t item) { return b * d.Lv * MD + (item % d.M) * d.D; };
-      auto locate = [&](int64_t k) {
-        const int64_t item = item_of(k);
-        footprints(loc + item * LP * 2, attn + item * LP, table, static_cast<int32_t>(MD),
-                   value + head_offset(item), nullptr, ring[k % (kAhead + 1)]);
-      };
-      const int64_t n_items = d.Lq * Mg;
-      for (int64_t k = 0; k < std::min(kAhead, n_items); ++k) locate(k);
-      for (int64_t k = 0; k < n_items; ++k) {
-        const int64_t ahead = k + kAhead;
-        if (ahead < n_items) locate(ahead);
-        const int64_t item = item_of(k);
-        const int64_t next_item = item_of(std::min(ahead, n_items - 1));
-        backward_item<NB>(ring[k % (kAhead + 1)], table, grad_out + item * d.D,
-                          value + head_offset(item), grad_value + head_offset(item),
-                          grad_attn + item * LP, grad_loc + item * LP * 2,
-                          ring[std::min(ahead, n_items - 1) % (kAhead + 1)],
-                          value + head_offset(next_item), grad_value + head_offset(next_item));
-      }
+                          float* grad_attn, const MsdaDims& d, const BackwardTasks& tasks) {
+  const int64_t LP = d.L * d.P;
+  for_each_task<DenseSlice<float>>(tasks.count, [&](int64_t task, DenseSlice<float>& slice) {
+    const auto t = tasks(task, d);
+    slice.load(value, t, d);
+    const int64_t b = t.b, m_begin = t.m_begin, Mg = t.Mg;
+    const PointTable table(lv, d.P, t.l_begin, t.l_end);
+    std::vector<Footprints> ring(kAhead + 1, Footprints(table.n_chunks));
+    auto item_of = [&](int64_t k) { return (b * d.Lq + k / Mg) * d.M + m_begin + k % Mg; };
+    auto head = [&](int64_t item) { return (item % d.M - m_begin) * d.D; };  // in the slice
+    auto locate = [&](int64_t k) {
+      const int64_t item = item_of(k);
+      footprints(loc + item * LP * 2, attn + item * LP, table, static_cast<int32_t>(slice.stride),
+                 nullptr, nullptr, ring[k % (kAhead + 1)]);
+    };
+    const float* v = slice.value.data();
+    float* g = slice.grad.data();
+    const int64_t n_items = d.Lq * Mg;
+    for (int64_t k = 0; k < std::min(kAhead, n_items); ++k) locate(k);
+    for (int64_t k = 0; k < n_items; ++k) {
+      const int64_t ahead = k + kAhead;
+      if (ahead < n_items) locate(ahead);
+      if (ahead + kStreamAhead < n_items)  // locate() reads loc and attn kAhead items early
+        prefetch_item_streams(item_of(ahead + kStreamAhead), loc, attn, grad_out, grad_loc,
+                              grad_attn, LP, d.D);
+      const int64_t item = item_of(k);
+      const int64_t next_item = item_of(std::min(ahead, n_items - 1));
+      backward_item<NB>(ring[k % (kAhead + 1)], table, grad_out + item * d.D, v + head(item),
+                        g + head(item), grad_attn + item * LP, grad_loc + item * LP * 2,
+                        ring[std::min(ahead, n_items - 1) % (kAhead + 1)], v + head(next_item),
+                        g + head(next_item));
     }
+    slice.store(grad_value, t, d);
   });
 }
 
