@@ -320,7 +320,7 @@ def figure_cost(f: Focus) -> go.Figure:
     c = image_cost(g.spatial_shapes, f.channels, f.n_heads, f.n_points, meta["num_queries"], meta["enc_layers"],
                    meta["dec_layers"])
     rows = [("encoder layer", c.encoder_dense, c.encoder_deformable),
-            ("decoder cross-attention", c.decoder_dense, c.decoder_deformable)]
+            ("decoder<br>cross-attention", c.decoder_dense, c.decoder_deformable)]
     fig = make_subplots(1, 2, subplot_titles=["multiply-adds per layer", "attention memory per layer (bytes)"])
     for name, color, pick in (("dense", "#999999", 1), ("deformable", "#0072B2", 2)):
         costs = [r[pick] for r in rows]
@@ -330,9 +330,13 @@ def figure_cost(f: Focus) -> go.Figure:
         fig.add_trace(go.Bar(x=[r[0] for r in rows], y=[a.attention_bytes for a in costs], name=name,
                              marker_color=color, text=[human(a.attention_bytes) + "B" for a in costs],
                              textposition="outside", showlegend=False, legendgroup=name), 1, 2)
-    fig.update_yaxes(type="log")
+    # Decades only (the minor ticks' 2..9 labels crowded the axis), in SI units like the bars' labels.
+    fig.update_yaxes(type="log", dtick=1, tickformat="~s", showgrid=True)
     fig.update_layout(barmode="group")
-    return _layout(fig, f"8. Dense vs deformable attention for this image ({c.n_tokens} cells over {f.n_levels} levels)")
+    _layout(fig, f"8. Dense vs deformable attention for this image ({c.n_tokens} cells over {f.n_levels} levels)")
+    fig.update_layout(legend=dict(orientation="h", x=0.5, xanchor="center", y=-0.14, yanchor="top"),
+                      margin=dict(b=50))  # under the two-line category labels
+    return fig
 
 
 def figure_layers(f: Focus, stacks: dict[int, "Focus"]) -> go.Figure:
