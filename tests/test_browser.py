@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("playwright.sync_api")
+sync_api = pytest.importorskip("playwright.sync_api")
 
 import app  # noqa: E402
 from browser_page import (WAIT, chromium, needs_chromium, no_errors, open_page, open_tab, pick_example,  # noqa: E402
@@ -197,8 +197,21 @@ def test_hovering_a_point_outlines_the_cells_it_reads(page):
     box = img.bounding_box()
     k = min(box["width"] / m["w"], box["height"] / m["h"])
     ox, oy = (box["width"] - m["w"] * k) / 2, (box["height"] - m["h"] * k) / 2
-    page.mouse.move(box["x"] + ox + u * k, box["y"] + oy + v * k)
-    page.wait_for_selector("#att-hover-tip", state="visible", timeout=WAIT)
+    x, y = box["x"] + ox + u * k, box["y"] + oy + v * k
+    for _ in range(3):  # a move that lands while a redraw is in flight is answered by the next one
+        page.mouse.move(x - 3 * r * k, y + 3 * r * k)
+        page.mouse.move(x, y)
+        try:
+            page.wait_for_selector("#att-hover-tip", state="visible", timeout=5_000)
+            break
+        except sync_api.TimeoutError:
+            pass
+    else:
+        state = page.evaluate("([x, y]) => { const i = document.querySelector('#att-image img'), e = "
+                              "document.elementFromPoint(x, y); return {natural: [i.naturalWidth, i.naturalHeight], "
+                              "under: e && (e.id || e.tagName), map: JSON.parse(document.querySelector("
+                              "'#att-hover-map').dataset.map).w}; }", [x, y])
+        raise AssertionError(f"no hover tip at ({x:.0f}, {y:.0f}) for {text!r}: {state}")
     assert page.inner_text("#att-hover-tip") == text
     assert page.locator("#att-hover-svg rect.cell").count() == len(cells)
     shot(page, "5b_hover")
