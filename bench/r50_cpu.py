@@ -74,6 +74,28 @@ def transformers_twin(model):
     return theirs, transformers.__version__
 
 
+def interleaved(runs: dict, repeats: int, sync=lambda: None) -> tuple[dict, dict, dict[str, list[float]]]:
+    """Call every function of ``runs`` once (its output and first-call seconds kept), then
+    ``repeats`` rounds of all of them in turn, so that a shared machine's load hits all alike.
+    ``sync`` waits for a device's queued work (a GPU's work is timed to its end, not its launch).
+    Returns (outputs, first-call seconds, seconds of each round) by name."""
+    outputs, first, times = {}, {}, {k: [] for k in runs}
+    with torch.inference_mode():
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            sync()
+            first[name] = time.perf_counter() - t0
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - t0)
+    return outputs, first, times
+
+
 def timing(repeats: int, device: str = "cpu") -> None:
     ours = r50().to(device)
     theirs, version = transformers_twin(ours)
@@ -96,18 +118,7 @@ def timing(repeats: int, device: str = "cpu") -> None:
     if not note:
         runs["ours bf16"] = ours_in("bf16")
     runs[f"transformers {version} fp32"] = lambda: theirs(pixel_values=x, pixel_mask=(~mask).long())
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    outputs = {}
-    with torch.inference_mode():
-        for name, fn in runs.items():  # warm-up (allocator, kernel build, oneDNN primitives)
-            outputs[name] = fn()
-        for _ in range(repeats):
-            for name, fn in runs.items():
-                sync()
-                t0 = time.perf_counter()
-                fn()
-                sync()  # a GPU's work is timed to its end, not to its launch
-                times[name].append(time.perf_counter() - t0)
+    outputs, _, times = interleaved(runs, repeats, sync)  # the first call warms up (allocator, oneDNN)
     med = {k: statistics.median(v) for k, v in times.items()}
     theirs_name = next(k for k in runs if k.startswith("transformers"))
     ref = outputs["ours fp32"].logits
@@ -134,26 +145,14 @@ def compiled(repeats: int, parts: str) -> None:
     x = torch.randn(1, 3, H, W, generator=torch.Generator().manual_seed(0))
     mask = torch.zeros(1, H, W, dtype=torch.bool)
     precs = ["fp32"] + ([] if precision.bf16_speed_note("cpu") else ["bf16"])
-    runs, outputs, first = {}, {}, {}
+    runs = {}
     for prec in precs:
         for kind, model in (("eager", eager), (f"compiled {parts}", comp)):
             def run(model=model, prec=prec):
                 with precision.use(prec):
                     return model(x, mask)
             runs[f"ours {prec} {kind}"] = run
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    with torch.inference_mode():
-        for name, fn in runs.items():  # the compiled ones compile here (first call)
-            t0 = time.perf_counter()
-            outputs[name] = fn()
-            first[name] = time.perf_counter() - t0
-        for _ in range(repeats):
-            for name, fn in runs.items():
-                sync()
-                t0 = time.perf_counter()
-                fn()
-                sync()  # a GPU's work is timed to its end, not to its launch
-                times[name].append(time.perf_counter() - t0)
+    outputs, first, times = interleaved(runs, repeats)  # the compiled ones compile in their first call
     print(f"torch.compile (ddetr.compile_model, parts={parts!r}, Inductor freezing), R50 multi-scale {H}x{W}, "
           f"batch 1, {torch.get_num_threads()} threads, {repeats} interleaved rounds (median)")
     for prec in precs:
