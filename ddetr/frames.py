@@ -60,7 +60,13 @@ def sampling_locations(reference_points: torch.Tensor, offsets: torch.Tensor, sp
     """
     if reference_points.shape[-1] == 2:
         normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)  # (L, 2)
-        return reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        # ref + offsets / normalizer, bit for bit, in one pass with a last dimension of P * 2
+        # instead of 2: broadcasting over a last dimension of 2 kept the two elementwise ops
+        # unvectorized (R50 encoder at 800x1333: 8 ms -> 1 ms a layer; bench/r50_cpu.py --profile).
+        B, Lq, M, L, P, _ = offsets.shape
+        ref = reference_points[:, :, None, :, None, :].expand(B, Lq, 1, L, P, 2).reshape(B, Lq, 1, L, P * 2)
+        norm = normalizer[:, None, :].expand(L, P, 2).reshape(L, P * 2)
+        return torch.addcdiv(ref, offsets.reshape(B, Lq, M, L, P * 2), norm).view(B, Lq, M, L, P, 2)
     if reference_points.shape[-1] == 4:
         return (
             reference_points[:, :, None, :, None, :2]
