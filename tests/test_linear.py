@@ -40,12 +40,37 @@ def test_training_and_autocast_keep_torch_linear():
     y = layer(x)
     y.sum().backward()
     assert torch.allclose(x.grad, layer.weight.sum(0).expand(5, 32))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not onednn_applies(x, layer.weight)
-        assert layer(x).dtype == torch.bfloat16  # autocast still casts
     with torch.no_grad():
-        assert onednn_applies(x, layer.weight) == linear._ONEDNN
+        assert onednn_applies(x, layer.weight) == ("fp32" if linear._ONEDNN else None)
         assert not onednn_applies(x.double(), layer.weight.double())
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert not onednn_applies(x, layer.weight)
+
+
+@needs_onednn
+def test_bfloat16_regions_give_autocasts_result_with_cached_weights():
+    """Inside autocast(bfloat16): the result of autocast's own linear, bit for bit, and the
+    weights' bfloat16 copy is made once and made again after the weights change."""
+    torch.manual_seed(0)
+    for n_in, n_out in ((256, 256), (256, 1024), (1024, 256), (32, 8)):
+        layer = Linear(n_in, n_out)
+        x = torch.randn(3, 500, n_in)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert onednn_applies(x, layer.weight) == "bf16"
+            ours = layer(x)
+            theirs = F.linear(x, layer.weight, layer.bias)
+        assert ours.dtype == theirs.dtype == torch.bfloat16
+        assert torch.equal(ours, theirs), (n_in, n_out)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x)
+        first = layer.__dict__["_bf16"][1]
+        layer(x)
+        assert layer.__dict__["_bf16"][1] is first  # kept between regions
+    with torch.no_grad():
+        layer.weight.mul_(2)  # an optimizer step, a load: the copy is made again
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        again = layer(x)
+        assert torch.equal(again, F.linear(x, layer.weight, layer.bias))
 
 
 def test_state_dict_is_an_nn_linear_one():
