@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from .capture_io import Capture, CaptureFileError
 from .frames import Geometry
+from .hook_session import HookSession
 from .padding import valid_sizes
 
 __all__ = ["capture", "CaptureSession", "Capture", "CaptureFileError", "Plan", "plan_capture"]
@@ -210,7 +211,7 @@ def _timed(hook):
     return wrapper
 
 
-class CaptureSession:
+class CaptureSession(HookSession):
     """The context manager returned by ``capture``; ``captures`` collects one ``Capture`` per
     image of every forward pass made in the opening thread while it was open."""
 
@@ -266,21 +267,6 @@ class CaptureSession:
             if self.self_attention:
                 after(t.decoder.layers[i].self_attn, partial(self._on_self_attn, i))
         return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._pass = None
-
-    @property
-    def last(self) -> "Capture":
-        if not self.captures:
-            raise LookupError("nothing captured yet: call model.predict(...) inside the `with` block")
-        return self.captures[-1]
-
-    def _mine(self) -> bool:
-        return threading.get_ident() == self._thread
 
     # --- hooks (each wrapped by _timed: opening thread only) ---
     @_timed

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..capture_io import Capture
 from ..frames import Geometry, sampling_locations
+from ..hook_session import HookSession
 from ..postprocess import postprocess
 from .detector import FamilyBatch, FamilyDetector, Prompt
 from .registry import family_of, final_prediction, kernel_modules
@@ -65,7 +66,7 @@ def valid_ratios(pixel_mask: torch.Tensor | None, spatial_shapes: torch.Tensor) 
     return torch.stack(out, 1)
 
 
-class FamilyCaptureSession:
+class FamilyCaptureSession(HookSession):
     """``ddetr.capture`` for a ``FamilyDetector`` (or a raw ``transformers`` model of a
     supported family); ``captures`` collects one ``Capture`` per image.
 
@@ -140,21 +141,6 @@ class FamilyCaptureSession:
                     reg(parent.register_forward_pre_hook(partial(self._on_attention, part, i, psig), with_kwargs=True))
                     reg(parent.sampling_offsets.register_forward_hook(partial(self._on_offsets, part, i)))
         return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._pass = None
-
-    @property
-    def last(self) -> Capture:
-        if not self.captures:
-            raise LookupError("nothing captured yet: call model.predict(...) inside the `with` block")
-        return self.captures[-1]
-
-    def _mine(self) -> bool:
-        return threading.get_ident() == self._thread
 
     # --- hooks ---
     def _on_detector(self, module, args, kwargs):
