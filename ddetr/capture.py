@@ -44,12 +44,10 @@ import torch.nn.functional as F
 
 from .capture_io import Capture, CaptureFileError
 from .frames import Geometry
-from .hook_session import HookSession
+from .hook_session import DTYPES, HookSession
 from .padding import valid_sizes
 
 __all__ = ["capture", "CaptureSession", "Capture", "CaptureFileError", "Plan", "plan_capture"]
-
-_DTYPES = {torch.float16: "float16", torch.float32: "float32"}
 
 
 def capture(model, *, encoder: bool | Sequence[int] = True, decoder: bool | Sequence[int] = True,
@@ -216,12 +214,7 @@ class CaptureSession(HookSession):
     image of every forward pass made in the opening thread while it was open."""
 
     def __init__(self, model, *, encoder, decoder, queries, self_attention, dtype, max_bytes):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be torch.float16 or torch.float32, got {dtype}")
-        if isinstance(queries, str) and queries != "detections":
-            raise ValueError(f"queries must be None, 'detections' or a list of indices, got {queries!r}")
-        if max_bytes is not None and max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive or None (no limit), got {max_bytes}")
+        self.check_arguments(dtype, queries, max_bytes)
         if not hasattr(model, "transformer") or not hasattr(model, "cfg"):
             raise TypeError(f"capture needs a ddetr DeformableDETR, got {type(model).__name__}")
         self.model, self.dtype, self.max_bytes = model, dtype, max_bytes
@@ -429,7 +422,7 @@ def _build_captures(session: CaptureSession, p: _Pass, out, call: int) -> list["
             "n_heads": cfg.n_heads, "n_levels": cfg.n_levels, "n_points": cfg.n_points,
             "num_queries": int(Q), "enc_layers": cfg.enc_layers, "dec_layers": cfg.dec_layers, "d_model": cfg.d_model,
             "two_stage": cfg.two_stage, "with_box_refine": cfg.with_box_refine, "top_k": cfg.top_k,
-            "geometry": geometry.to_dict(), "dtype": _DTYPES[session.dtype],
+            "geometry": geometry.to_dict(), "dtype": DTYPES[session.dtype],
             "encoder_layers": sorted(p.enc), "decoder_layers": sorted(p.dec),
             "self_attention_layers": sorted(p.self_attn),
             "queries": "all" if queries is None else queries if isinstance(queries, str) else "list",

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import threading
 
+import torch
+
 from .capture_io import Capture
+
+# The dtypes a capture may store its arrays in, with their names in a capture file.
+DTYPES = {torch.float16: "float16", torch.float32: "float32"}
 
 
 class HookSession:
@@ -17,6 +22,16 @@ class HookSession:
     _handles: list
     _thread: int | None
     _pass: object | None
+
+    @staticmethod
+    def check_arguments(dtype, queries, max_bytes) -> None:
+        """The arguments every ``capture`` takes, refused with what to pass instead."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be torch.float16 or torch.float32, got {dtype}")
+        if isinstance(queries, str) and queries != "detections":
+            raise ValueError(f"queries must be None, 'detections' or a list of indices, got {queries!r}")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive or None (no limit), got {max_bytes}")
 
     def __exit__(self, *exc) -> None:
         for h in self._handles:

@@ -29,13 +29,12 @@ import torch.nn.functional as F
 
 from ..capture_io import Capture
 from ..frames import Geometry, sampling_locations
-from ..hook_session import HookSession
+from ..hook_session import DTYPES, HookSession
 from ..postprocess import postprocess
 from .detector import FamilyBatch, FamilyDetector, Prompt
 from .registry import family_of, final_prediction, kernel_modules
 from .variants import is_v2, points_per_level, to_levels, uniform_points, v2_locations
 
-_DTYPES = {torch.float16: "float16", torch.float32: "float32"}
 
 
 def _layers(spec, available: list[int], part: str) -> list[int]:
@@ -78,12 +77,7 @@ class FamilyCaptureSession(HookSession):
 
     def __init__(self, model, *, encoder=True, decoder=True, queries=None, self_attention=True,
                  dtype=torch.float16, max_bytes=100e6):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be torch.float16 or torch.float32, got {dtype}")
-        if isinstance(queries, str) and queries != "detections":
-            raise ValueError(f"queries must be None, 'detections' or a list of indices, got {queries!r}")
-        if max_bytes is not None and max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive or None (no limit), got {max_bytes}")
+        self.check_arguments(dtype, queries, max_bytes)
         self.detector = model if isinstance(model, FamilyDetector) else None
         self.hf = model.hf if self.detector else model
         self.family = family_of(getattr(getattr(self.hf, "config", None), "model_type", None))
@@ -309,7 +303,7 @@ class FamilyCaptureSession(HookSession):
                 "num_queries": int(Q), "enc_layers": len(self.modules["encoder"]), "dec_layers": len(layers),
                 "d_model": int(getattr(cfg, "d_model", 0) or 0), "two_stage": bool(getattr(cfg, "two_stage", False)),
                 "with_box_refine": bool(getattr(cfg, "with_box_refine", True)), "top_k": fam.top_k,
-                "geometry": geometry.to_dict(), "dtype": _DTYPES[self.dtype],
+                "geometry": geometry.to_dict(), "dtype": DTYPES[self.dtype],
                 "encoder_layers": sorted(p["enc"]), "decoder_layers": sorted(p["dec"]), "self_attention_layers": [],
                 "queries": "all" if self.queries is None else self.queries if isinstance(self.queries, str) else "list",
                 "max_bytes": self.max_bytes, "left_out": notes, "call": self._calls, "image_index": b,
