@@ -30,38 +30,37 @@ def _layers(stats: dict) -> list[str]:
     return list(stats["attention"]["layers"])
 
 
-def level_mass_figure(stats: dict) -> str:
-    """Heat map: layer x level share of attention mass (mean over heads and rows)."""
+def _layer_heatmap(stats: dict, key: str, column: str, title: str, cmap: str, vmax: float | None,
+                   fmt: str, cell_width: float, fontsize: int) -> str:
+    """Heat map of ``stats["attention"]["layers"][layer][key]``: one row per layer, each cell
+    annotated with ``fmt`` (white on the dark part of the scale); columns named ``column + i``."""
     import matplotlib.pyplot as plt
 
     names = _layers(stats)
-    m = np.array([stats["attention"]["layers"][k]["level_mass"] for k in names])  # (layers, L)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * m.shape[1], 0.5 + 0.42 * len(names)))
-    im = ax.imshow(m, cmap="viridis", vmin=0, vmax=max(float(m.max()), 1e-6), aspect="auto")
+    m = np.array([stats["attention"]["layers"][k][key] for k in names])  # (layers, columns)
+    vmax = max(float(m.max()), 1e-6) if vmax is None else vmax
+    fig, ax = plt.subplots(figsize=(1.2 + cell_width * m.shape[1], 0.5 + 0.42 * len(names)))
+    im = ax.imshow(m, cmap=cmap, vmin=0, vmax=vmax, aspect="auto")
     for (r, c), v in np.ndenumerate(m):
-        ax.text(c, r, f"{v:.0%}", ha="center", va="center", color="w" if v < 0.6 * m.max() else "k", fontsize=8)
-    ax.set_xticks(range(m.shape[1]), [f"level {i}" for i in range(m.shape[1])])
+        ax.text(c, r, format(v, fmt), ha="center", va="center", color="w" if v < 0.6 * vmax else "k",
+                fontsize=fontsize)
+    ax.set_xticks(range(m.shape[1]), [f"{column}{i}" for i in range(m.shape[1])])
     ax.set_yticks(range(len(names)), names)
-    ax.set_title("attention mass per level")
+    ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.04)
     return _png(fig)
+
+
+def level_mass_figure(stats: dict) -> str:
+    """Heat map: layer x level share of attention mass (mean over heads and rows)."""
+    return _layer_heatmap(stats, "level_mass", "level ", "attention mass per level",
+                          "viridis", None, ".0%", 0.9, 8)
 
 
 def entropy_figure(stats: dict) -> str:
     """Heat map: layer x head normalized entropy (1 = uniform over L * P points)."""
-    import matplotlib.pyplot as plt
-
-    names = _layers(stats)
-    e = np.array([stats["attention"]["layers"][k]["entropy"] for k in names])  # (layers, M)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.55 * e.shape[1], 0.5 + 0.42 * len(names)))
-    im = ax.imshow(e, cmap="magma", vmin=0, vmax=1, aspect="auto")
-    for (r, c), v in np.ndenumerate(e):
-        ax.text(c, r, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=7)
-    ax.set_xticks(range(e.shape[1]), [f"h{i}" for i in range(e.shape[1])])
-    ax.set_yticks(range(len(names)), names)
-    ax.set_title("attention entropy per head (1 = uniform)")
-    fig.colorbar(im, ax=ax, fraction=0.04)
-    return _png(fig)
+    return _layer_heatmap(stats, "entropy", "h", "attention entropy per head (1 = uniform)",
+                          "magma", 1.0, ".2f", 0.55, 7)
 
 
 def offsets_figure(stats: dict) -> str:
