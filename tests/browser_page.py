@@ -21,6 +21,10 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 WAIT = 60_000  # ms: a busy 2-core machine runs other tests too
 needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
+# A module of browser tests: slow, needs chromium; Gradio's pandas / numpy deprecation noise filtered.
+BROWSER_MODULE = [pytest.mark.slow, pytest.mark.browser, needs_chromium,
+                  pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+                  pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 
 
 @contextlib.contextmanager

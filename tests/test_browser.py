@@ -14,15 +14,13 @@ from PIL import Image
 sync_api = pytest.importorskip("playwright.sync_api")
 
 import app  # noqa: E402
-from browser_page import (WAIT, chromium, needs_chromium, no_errors, open_page, open_tab, pick_example,  # noqa: E402
+from browser_page import (BROWSER_MODULE, WAIT, chromium, no_errors, open_page, open_tab, pick_example,  # noqa: E402
                           served, shot, wait_text)
 from ddetr.data.synthetic import render_scene  # noqa: E402
 
 SIZES = [(1440, 900), (1024, 768)]
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser, needs_chromium,
-              pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
-              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+pytestmark = BROWSER_MODULE
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,12 @@ import ddetr  # noqa: E402
 from ddetr.assets import default_checkpoint  # noqa: E402
 from ddetr.data.synthetic import render_scene  # noqa: E402
 from explorer import learn  # noqa: E402
-from browser_page import (WAIT, chromium, needs_chromium, no_errors, open_page, open_tab, served,  # noqa: E402
+from browser_page import (BROWSER_MODULE, WAIT, chromium, no_errors, open_page, open_tab, served,  # noqa: E402
                           shot, wait_text)
 from viz.learn_steps import STEPS, step_labels  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser,
-              needs_chromium,
-              pytest.mark.skipif(default_checkpoint(required=False) is None, reason="the shipped model is missing"),
-              pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
-              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+pytestmark = [*BROWSER_MODULE,
+              pytest.mark.skipif(default_checkpoint(required=False) is None, reason="the shipped model is missing")]
 
 
 @pytest.fixture(scope="module")
