@@ -81,7 +81,7 @@ def proposals_figure(capture, top: int = 20, threshold: float = 0.5) -> go.Figur
     data = [canvas.plotly_image(capture.image),
             fp.Scatter(x=centres[valid, 0], y=centres[valid, 1], mode="markers", name="proposal score",
                        marker=dict(size=4, color=p.scores[valid], colorscale=WEIGHT_CMAP.capitalize(), cmin=lo, cmax=hi,
-                                   showscale=True, colorbar=dict(title=dict(text="score"), thickness=10, len=0.5, x=0.48)),
+                                   showscale=True, colorbar=dict(title=dict(text="score"), thickness=10, len=0.5, x=0.63, xanchor="left")),
                        # numbers + a template, not one string per token: thousands of tokens' hover
                        # texts were most of the figure (180 KiB of 550 for a 276x312 scene)
                        customdata=np.column_stack([valid, p.token_level[valid], p.scores[valid],

@@ -123,7 +123,9 @@ def stats_figure(capture, threshold: float = 0.5, layer: int = -1) -> go.Figure:
         cx, cy = _binned(st.sizes, st.level_mass[:, l])
         fig.add_trace(go.Scatter(x=cx, y=cy, mode="lines", line=dict(color=col, width=2), legendgroup=f"l{l}",
                                  showlegend=False, hoverinfo="skip"), 1, 1)
-    fig.update_xaxes(type="log", title_text="object size √(w h) (px)", row=1, col=1)
+    # powers of two only: the log axis' default minor labels (2..9) crowded it
+    fig.update_xaxes(type="log", title_text="object size √(w h) (px)", tickvals=[2 ** k for k in range(2, 13)],
+                     row=1, col=1)
     fig.update_yaxes(title_text="share of attention", range=[0, 1], row=1, col=1)
     t = np.linspace(0, 2 * np.pi, 65)
     for m in range(M):
@@ -145,7 +147,7 @@ def stats_figure(capture, threshold: float = 0.5, layer: int = -1) -> go.Figure:
         fig.add_trace(go.Bar(x=[f"level {k}" for k in range(L)], y=st.outside[i], name=f"layer {l}", meta="outside",
                              marker_color=["#BBBBBB", "#888888", "#444444", "#222222"][i % 4], showlegend=False,
                              hovertemplate=f"layer {l}, %{{x}}: %{{y:.1%}} of points<extra></extra>"), 2, 2)
-    fig.update_yaxes(title_text="fraction of points", tickformat=".0%", row=2, col=2)
+    fig.update_yaxes(title_text="fraction of points", tickformat=".1%", row=2, col=2)  # ".0%" repeated labels
     fig.update_layout(title=dict(text=f"sampling statistics over {len(st.queries)} detections ≥ {threshold}", x=0.01),
                       height=760, barmode="group", plot_bgcolor="white", margin=dict(l=50, r=10, t=70, b=40))
     return fig
