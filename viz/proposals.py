@@ -74,7 +74,7 @@ def proposals_figure(capture, top: int = 20, threshold: float = 0.5) -> go.Figur
     lo, hi = float(p.scores[valid].min()), float(p.scores[valid].max())
     layout, names = canvas.plotly_panels(1, 2, w, h, ["proposals (dots: every token, coloured by score)", "score by rank"])
     # second panel is a plain chart, not an image
-    layout["xaxis2"].update(range=None, showticklabels=True, ticks="outside", title=dict(text="rank"), type="log",
+    layout["xaxis2"].update(range=None, showticklabels=True, ticks="outside", title=dict(text="rank"), type="log", dtick=1,
                             showgrid=True, autorange=True)
     layout["yaxis2"].update(range=None, showticklabels=True, ticks="outside", title=dict(text="score"), scaleanchor=None,
                             autorange=True, showgrid=True)
@@ -115,7 +115,7 @@ def proposals_figure(capture, top: int = 20, threshold: float = 0.5) -> go.Figur
                            line=dict(color=SELECTED_COLOR, dash="dash"), name=f"Q = {Q} queries", showlegend=False,
                            hovertemplate=f"the top {Q} tokens become queries<extra></extra>"))
     layout["xaxis"]["domain"] = [0.0, 0.62]
-    layout["xaxis2"]["domain"] = [0.72, 1.0]
+    layout["xaxis2"]["domain"] = [0.80, 1.0]  # right of the colour bar and the y axis labels
     base = canvas.base_layout(f"two-stage proposals: {int(p.valid.sum())} valid of {len(p.scores)} tokens, top {Q} became queries",
                               height=480)
     base.update(layout)
