@@ -50,8 +50,9 @@ def tiny_config(model_type: str, *, vocab_size: int = 64, num_labels: int = 3):
             encoder_in_channels=[32, 64, 128], encoder_hidden_dim=32, encoder_ffn_dim=32, d_model=32,
             decoder_in_channels=[32, 32, 32], decoder_ffn_dim=32, decoder_layers=2, decoder_attention_heads=2,
             encoder_attention_heads=2, num_queries=10, num_labels=num_labels, num_denoising=0, **extra)
-    if model_type == "grounding-dino":
-        return T.GroundingDinoConfig(
+    if model_type in ("grounding-dino", "mm-grounding-dino"):  # the same tiny shape, two config classes
+        cls = T.GroundingDinoConfig if model_type == "grounding-dino" else T.MMGroundingDinoConfig
+        return cls(
             backbone_config=_SWIN_TINY, text_config=dict(_BERT_TINY, vocab_size=vocab_size), d_model=32,
             encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
             decoder_attention_heads=2, num_queries=10, max_text_len=16)
@@ -62,11 +63,6 @@ def tiny_config(model_type: str, *, vocab_size: int = 64, num_labels: int = 3):
             d_model=32, decoder_layers=2, decoder_ffn_dim=32, decoder_self_attention_heads=2,
             decoder_cross_attention_heads=2, num_queries=10, group_detr=1, num_labels=num_labels,
             projector_scale_factors=[1.0])
-    if model_type == "mm-grounding-dino":
-        return T.MMGroundingDinoConfig(
-            backbone_config=_SWIN_TINY, text_config=dict(_BERT_TINY, vocab_size=vocab_size), d_model=32,
-            encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
-            decoder_attention_heads=2, num_queries=10, max_text_len=16)
     if model_type == "rf_detr":
         return T.RfDetrConfig(
             backbone_config=dict(model_type="rf_detr_dinov2", hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
